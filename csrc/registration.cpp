@@ -1,0 +1,68 @@
+// The effnet operator library: every op schema, in one place, and the Python module _C.
+//
+// Backends register their kernels with TORCH_LIBRARY_IMPL(effnet, <Key>, m) in <op>/<op>_cpu.cpp
+// and <op>/<op>_cuda.cu; fake (meta) kernels for torch.compile live in effnet_kernels/ops.py.
+#include <torch/library.h>
+
+#include <string>
+
+#ifndef EFFNET_VERSION
+#define EFFNET_VERSION "0.0.0"
+#endif
+#ifndef EFFNET_TORCH_VERSION
+#define EFFNET_TORCH_VERSION ""
+#endif
+#ifndef EFFNET_CUDA_ARCHS
+#define EFFNET_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(effnet, m) {
+  // y = act(x + bias[c]) on channels_last x (N, C, H, W); act in {silu, relu6, relu, identity}.
+  m.def("bias_act(Tensor x, Tensor bias, str act) -> Tensor");
+}
+
+namespace effnet {
+#ifdef EFFNET_WITH_CUDA
+int cudart_build_version();
+#endif
+
+bool has_cuda() {
+#ifdef EFFNET_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// CUDA runtime version the kernels were compiled against, as "major.minor", or "" without CUDA.
+std::string cuda_version() {
+#ifdef EFFNET_WITH_CUDA
+  const int v = cudart_build_version();
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+#else
+  return "";
+#endif
+}
+}  // namespace effnet
+
+// The Python extension module exists only in the setup.py build; the CMake build is a plain
+// shared library for libtorch users.
+#ifdef TORCH_EXTENSION_NAME
+#include <torch/extension.h>
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "effnet_kernels compiled core: registers torch.ops.effnet.* on import";
+  module.def(
+      "build_info",
+      [] {
+        pybind11::dict d;
+        d["version"] = EFFNET_VERSION;
+        d["has_cuda"] = effnet::has_cuda();
+        d["cuda_version"] = effnet::cuda_version();
+        d["archs"] = std::string(EFFNET_CUDA_ARCHS);
+        d["torch_version"] = EFFNET_TORCH_VERSION;
+        return d;
+      },
+      "How this extension was built: version, has_cuda, cuda_version, archs, torch_version.");
+}
+#endif
