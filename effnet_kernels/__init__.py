@@ -1,0 +1,63 @@
+"""effnet_kernels: fused CUDA / Triton / CPU kernels for EfficientNet inference in PyTorch.
+
+    import effnet_kernels as ek
+    m = ek.efficientnet_b0()                 # or ek.create_model("efficientnet_lite0"), ...
+    m = ek.from_torchvision(tv_model)        # ek.from_timm(...), ek.from_efficientnet_pytorch(...)
+    ek.build_info()                          # how the compiled core was built
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import ops, reference  # noqa: E402
+from .convert import (  # noqa: E402
+    fold_bn,
+    from_efficientnet_pytorch,
+    from_timm,
+    from_torchvision,
+)
+from .models import (  # noqa: E402
+    create_model,
+    efficientnet_b0,
+    efficientnet_b1,
+    efficientnet_b2,
+    efficientnet_b3,
+    efficientnet_b4,
+    efficientnet_b5,
+    efficientnet_b6,
+    efficientnet_b7,
+    efficientnet_lite0,
+    efficientnet_lite1,
+    efficientnet_lite2,
+    efficientnet_lite3,
+    efficientnet_lite4,
+    list_models,
+)
+
+
+def build_info() -> dict:
+    """How the compiled core was built, and what this process can use.
+
+    Keys: version, extension (bool), extension_error, has_cuda, cuda_version, archs,
+    torch_version (compiled against), torch_runtime, backends (per device type).
+    """
+    import torch
+
+    info = {"version": __version__, "extension": ops.extension_available(),
+            "extension_error": ops.extension_error(), "has_cuda": False, "cuda_version": "",
+            "archs": "", "torch_version": ""}
+    if ops._C is not None:
+        info.update(ops._C.build_info())
+    info["torch_runtime"] = torch.__version__
+    info["backends"] = {"cpu": ops.available_backends("cpu")}
+    if torch.cuda.is_available():
+        info["backends"]["cuda"] = ops.available_backends("cuda")
+    return info
+
+
+__all__ = [
+    "build_info", "ops", "reference", "fold_bn", "from_efficientnet_pytorch", "from_timm",
+    "from_torchvision", "create_model", "list_models",
+    *[f"efficientnet_b{i}" for i in range(8)], *[f"efficientnet_lite{i}" for i in range(5)],
+]

@@ -1,0 +1,125 @@
+"""Command line: ``python -m effnet_kernels {info,demo}``.
+
+  info   how the compiled core was built, the devices, and the backends each can use
+  demo   classify images with the real pretrained EfficientNet-Lite0 weights (top-5 + timing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+DEFAULT_IMAGES = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    import effnet_kernels as ek
+
+    info = ek.build_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"effnet_kernels {info['version']}")
+    if info["extension"]:
+        cuda = (f"yes (CUDA {info['cuda_version']}, archs {info['archs']})" if info["has_cuda"]
+                else "no (CPU-only build)")
+        print(f"  compiled core   : effnet_kernels._C, built against torch {info['torch_version']}")
+        print(f"  CUDA kernels    : {cuda}")
+    else:
+        print(f"  compiled core   : MISSING ({info['extension_error']})")
+    print(f"  torch           : {info['torch_runtime']} (CUDA {torch.version.cuda or 'none'})")
+    try:
+        import triton
+
+        print(f"  triton          : {triton.__version__}")
+    except ImportError:
+        print("  triton          : not installed")
+    print(f"  CPU backends    : {', '.join(info['backends']['cpu'])}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            print(f"  cuda:{i}          : {torch.cuda.get_device_name(i)}")
+        print(f"  CUDA backends   : {', '.join(info['backends']['cuda'])}")
+    else:
+        print("  GPU             : none visible")
+    return 0
+
+
+def _load_image(name: str):
+    """An RGB uint8 HWC array: a scikit-image sample name (e.g. "chelsea") or a file path."""
+    import numpy as np
+
+    try:
+        from skimage import data, io
+    except ImportError as e:
+        raise SystemExit("the demo needs scikit-image: pip install scikit-image") from e
+    if not any(c in name for c in "/.\\") and hasattr(data, name):
+        img = getattr(data, name)()
+    else:
+        try:
+            img = io.imread(name)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"cannot read image {name!r}: {e}") from e
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise SystemExit(f"{name}: expected an RGB image, got an array of shape {img.shape}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:  # float images in [0, 1]
+        img = (np.clip(img, 0, 1) * 255).astype(np.uint8) if img.dtype.kind == "f" else img.astype(np.uint8)
+    return img
+
+
+def cmd_demo(args) -> int:
+    import torch
+    from torchvision.models._meta import _IMAGENET_CATEGORIES as LABELS
+
+    from effnet_kernels.convert import imagenet_preprocess, load_lite0_pretrained
+
+    try:
+        model = load_lite0_pretrained()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    model.eval()
+    images = args.images or list(DEFAULT_IMAGES)
+    print(f"EfficientNet-Lite0, real ImageNet weights, eager PyTorch on CPU "
+          f"({torch.get_num_threads()} threads)")
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, 224, 224))  # warm-up
+        for name in images:
+            x = imagenet_preprocess(_load_image(name))
+            t0 = time.perf_counter()
+            for _ in range(args.repeat):
+                logits = model(x)
+            ms = (time.perf_counter() - t0) * 1e3 / args.repeat
+            probs = logits.softmax(-1)[0]
+            top = probs.topk(5)
+            print(f"\n{name}: {ms:.1f} ms/image")
+            for p, i in zip(top.values.tolist(), top.indices.tolist()):
+                print(f"  {p:6.3f}  {LABELS[i]}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m effnet_kernels", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pi = sub.add_parser("info", help="build info, devices and available backends")
+    pi.add_argument("--json", action="store_true", help="print build_info() as JSON")
+    pi.set_defaults(fn=cmd_info)
+    pd = sub.add_parser("demo", help="classify images with pretrained EfficientNet-Lite0")
+    pd.add_argument("images", nargs="*",
+                    help=f"image files or scikit-image sample names (default: {' '.join(DEFAULT_IMAGES)})")
+    pd.add_argument("--repeat", type=int, default=5, help="timed forwards per image (default 5)")
+    pd.set_defaults(fn=cmd_demo)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
