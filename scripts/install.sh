@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q --upgrade pip setuptools wheel
 .venv/bin/pip install -q -r requirements.txt
 MAX_JOBS=${MAX_JOBS:-2} .venv/bin/pip install --no-build-isolation --no-deps . 2>&1 | tail -n 3
-.venv/bin/python -m effnet_kernels info
+.venv/bin/effnet-kernels info
