@@ -72,7 +72,8 @@ define_macros = [
     ("EFFNET_VERSION", f'"{VERSION}"'),
     ("EFFNET_TORCH_VERSION", f'"{torch.__version__}"'),
 ]
-cxx_flags = ["-O3", "-std=c++20", "-Wno-unknown-pragmas"]
+# -fopenmp: at::parallel_for is inline OpenMP code; without it the CPU kernels run on one thread.
+cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math"]
 nvcc_flags = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
 
 if with_cuda:
@@ -82,6 +83,7 @@ if with_cuda:
         cpp_sources + cu_sources,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=["-fopenmp"],
     )
     print(f"effnet_kernels: building the C++ and CUDA extension (CUDA {torch.version.cuda} at "
           f"{cuda_home}, archs {archs})")
@@ -96,6 +98,7 @@ else:
         cpp_sources,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
     )
     print(f"effnet_kernels: building the CPU-only extension ({why})")
 

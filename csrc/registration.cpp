@@ -19,6 +19,12 @@
 TORCH_LIBRARY(effnet, m) {
   // y = act(x + bias[c]) on channels_last x (N, C, H, W); act in {silu, relu6, relu, identity}.
   m.def("bias_act(Tensor x, Tensor bias, str act) -> Tensor");
+  // Depthwise k x k conv (BN folded) + bias + act on channels_last x; weight (C, 1, k, k), odd k,
+  // stride 1|2, padding (left, right, top, bottom). Returns (y, pool): pool is the float32 (N, C)
+  // spatial mean of y when return_pool, else an empty (0,) tensor.
+  m.def(
+      "dwconv_bias_act(Tensor x, Tensor weight, Tensor bias, int stride, int[] padding, str act, "
+      "bool return_pool) -> (Tensor, Tensor)");
 }
 
 namespace effnet {

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .nn import fold_bn  # noqa: F401  (public here too: ek.fold_bn)
 from .models.efficientnet import (
     CONFIGS,
     EfficientNet,
@@ -282,32 +283,6 @@ def from_efficientnet_pytorch(model_or_state_dict, arch: str | None = None) -> E
     return _build(
         cfg, nc, pairs, src, padding_mode="same", bn_eps=eps, bn_momentum=mom, dropout=drop
     )
-
-
-# --------------------------------------------------------------------------- BN folding
-
-
-def fold_bn(conv_weight: Tensor, bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
-    """Fold eval-mode BN into the preceding bias-free conv/linear.
-
-    w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε); computed in float64, returned in the weight's dtype.
-    """
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("fold_bn needs BatchNorm running statistics (track_running_stats=True)")
-    if conv_weight.shape[0] != bn.num_features:
-        raise ValueError(
-            f"conv has {conv_weight.shape[0]} output channels, BN has {bn.num_features}"
-        )
-    dev, f64, c = conv_weight.device, torch.float64, bn.num_features
-    with torch.no_grad():
-        gamma = (
-            torch.ones(c, dtype=f64, device=dev) if bn.weight is None else bn.weight.to(dev, f64)
-        )
-        beta = torch.zeros(c, dtype=f64, device=dev) if bn.bias is None else bn.bias.to(dev, f64)
-        scale = gamma / torch.sqrt(bn.running_var.to(dev, f64) + bn.eps)
-        w = conv_weight.to(f64) * scale.view(-1, *([1] * (conv_weight.ndim - 1)))
-        b = beta - bn.running_mean.to(dev, f64) * scale
-    return w.to(conv_weight.dtype), b.to(conv_weight.dtype)
 
 
 # --------------------------------------------------------------------------- pretrained demo

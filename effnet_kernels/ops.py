@@ -143,12 +143,26 @@ def _check_act(act: str, op: str) -> None:
         raise ValueError(f"{op}: unknown activation {act!r}; expected one of {ACTIVATIONS}")
 
 
+def dwconv_out_size(H: int, W: int, k: int, stride: int, padding) -> tuple[int, int]:
+    """Output (Ho, Wo) of a k×k conv with ``stride`` and (left, right, top, bottom) padding."""
+    left, right, top, bottom = padding
+    return (H + top + bottom - k) // stride + 1, (W + left + right - k) // stride + 1
+
+
 # ----------------------------------------------------------------------------- fake kernels
 if _C is not None:
 
     @torch.library.register_fake("effnet::bias_act")
     def _bias_act_fake(x, bias, act):
         return torch.empty_like(x, memory_format=torch.channels_last)
+
+    @torch.library.register_fake("effnet::dwconv_bias_act")
+    def _dwconv_bias_act_fake(x, weight, bias, stride, padding, act, return_pool):
+        N, C, H, W = x.shape
+        Ho, Wo = dwconv_out_size(H, W, weight.shape[-1], stride, padding)
+        y = x.new_empty((N, C, Ho, Wo)).contiguous(memory_format=torch.channels_last)
+        pool = x.new_empty((N, C) if return_pool else (0,), dtype=torch.float32)
+        return y, pool
 
 
 # ----------------------------------------------------------------------------- ops
@@ -169,3 +183,59 @@ def bias_act(x: torch.Tensor, bias: torch.Tensor, act: str = "silu", *,
 
         return tb.bias_act(x, bias, act)
     return reference.bias_act(x, bias, act)
+
+
+def _check_dwconv(x, weight, bias, stride, padding, act) -> tuple[int, int, int, int]:
+    op = "dwconv_bias_act"
+    _check_nhwc(x, op)
+    C = x.shape[1]
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[0] != C \
+            or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3]:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{op}: weight must have shape ({C}, 1, k, k) for a depthwise conv over "
+                         f"{C} channels, got {shape}")
+    k = weight.shape[-1]
+    if k % 2 == 0:
+        raise ValueError(f"{op}: kernel size must be odd, got {k}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{op}: weight dtype {weight.dtype} does not match x dtype {x.dtype}")
+    if weight.device != x.device:
+        raise RuntimeError(f"{op}: weight is on {weight.device} but x is on {x.device}")
+    _check_channel_vector(bias, x, op, "bias")
+    _check_act(act, op)
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
+    pads = reference.normalize_padding(padding, k)
+    if any(p < 0 or p >= k for p in pads):
+        raise ValueError(f"{op}: each padding must be in [0, k-1] = [0, {k - 1}], got {pads}")
+    Ho, Wo = dwconv_out_size(x.shape[2], x.shape[3], k, stride, pads)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: input {tuple(x.shape[2:])} with padding {pads} is smaller than "
+                         f"the {k}x{k} kernel")
+    return pads
+
+
+def dwconv_bias_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1,
+                    padding=None, act: str = "silu", return_pool: bool = False, *,
+                    backend: str = "auto"):
+    """Depthwise k×k conv + bias + act on channels_last x (BN folded into weight and bias).
+
+    weight (C, 1, k, k) with odd k (3 and 5 have specialised kernels), stride 1 or 2, padding
+    ``None`` (symmetric (k−1)/2), an int, or ``(left, right, top, bottom)`` with each in
+    [0, k−1] (TF "same" puts the extra pixel right/bottom). Returns y (N, C, Ho, Wo),
+    channels_last, x's dtype; with ``return_pool=True`` returns ``(y, pool)`` where pool is the
+    float32 (N, C) spatial mean of the activated output, computed in the same pass.
+    """
+    pads = _check_dwconv(x, weight, bias, stride, padding, act)
+    b = resolve_backend(backend, x.device)
+    if b in ("cuda", "cpu"):
+        y, pool = torch.ops.effnet.dwconv_bias_act(x, weight, bias, stride, list(pads), act,
+                                                   return_pool)
+    elif b == "triton":
+        from .triton import dwconv as td
+
+        y, pool = td.dwconv_bias_act(x, weight, bias, stride, pads, act, return_pool)
+    else:
+        out = reference.dwconv_bias_act(x, weight, bias, stride, pads, act, return_pool)
+        y, pool = out if return_pool else (out, None)
+    return (y, pool) if return_pool else y

@@ -5,9 +5,11 @@ import os
 
 import torch
 
+# Must happen before triton is imported anywhere.
 if not torch.cuda.is_available():
-    # Must happen before triton is imported anywhere.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:  # one config per Triton kernel (tests/test_dwconv_triton.py forces each config in turn)
+    os.environ.setdefault("EFFNET_TRITON_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 

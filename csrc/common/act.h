@@ -33,10 +33,10 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE float apply_act(float v) {
 #else
     return v / (1.0f + std::exp(-v));
 #endif
-  } else if constexpr (A == Act::ReLU6) {
-    return fminf(fmaxf(v, 0.0f), 6.0f);
+  } else if constexpr (A == Act::ReLU6) {  // ternaries: NaN propagates (as in PyTorch) and
+    return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);  // CPU loops vectorise (fmaxf does not)
   } else if constexpr (A == Act::ReLU) {
-    return fmaxf(v, 0.0f);
+    return v < 0.0f ? 0.0f : v;
   } else {
     return v;
   }

@@ -1,0 +1,63 @@
+// Float math for the CPU kernels written so GCC/Clang auto-vectorise it (no libm calls in loops),
+// and a helper that compiles a kernel twice: for the baseline ISA and for x86-64-v3 (AVX2 + FMA),
+// picking the AVX2 one at run time when the CPU has it.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+
+#include <c10/macros/Macros.h>
+
+#include "act.h"
+
+namespace effnet::cpu {
+
+// exp(x) in float32: Cephes' polynomial after reduction by n = rint(x / ln 2) (the magic-number
+// add rounds to nearest), 2^n built in the exponent bits. Max relative error 8e-8 over the
+// clamped range [-87, 88]. Pure branch-free arithmetic, so loops over it vectorise; this needs
+// -fno-trapping-math (set by setup.py and CMakeLists.txt), which lets GCC if-convert the clamps.
+C10_ALWAYS_INLINE float exp_vec(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  x = x - n * 0.693359375f + n * 2.12194440e-4f;
+  const float z = x * x;
+  float p = 1.9875691500e-4f;
+  p = p * x + 1.3981999507e-3f;
+  p = p * x + 8.3334519073e-3f;
+  p = p * x + 4.1665795894e-2f;
+  p = p * x + 1.6666665459e-1f;
+  p = p * x + 5.0000001201e-1f;
+  p = p * z + x + 1.0f;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  return p * std::bit_cast<float>(e);
+}
+
+template <Act A>
+C10_ALWAYS_INLINE float act_vec(float v) {
+  if constexpr (A == Act::SiLU) {
+    return v / (1.0f + exp_vec(-v));
+  } else {
+    return apply_act<A>(v);
+  }
+}
+
+// True when the AVX2 + FMA build of a kernel may run on this CPU.
+inline bool has_avx2_fma() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+}  // namespace effnet::cpu
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EFFNET_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define EFFNET_HAVE_AVX2_BUILD 1
+#else
+#define EFFNET_TARGET_AVX2
+#define EFFNET_HAVE_AVX2_BUILD 0
+#endif

@@ -1,0 +1,7 @@
+// Instantiates the dwconv CUDA kernels for c10::BFloat16 (see dwconv_cuda.cuh).
+#include "dwconv_cuda.cuh"
+
+namespace effnet {
+template void launch_dwconv<c10::BFloat16>(const DwPlan&, Act, const c10::BFloat16*, const c10::BFloat16*, const c10::BFloat16*, c10::BFloat16*, float*,
+                                cudaStream_t);
+}  // namespace effnet

@@ -1,0 +1,7 @@
+// Instantiates the dwconv CUDA kernels for float (see dwconv_cuda.cuh).
+#include "dwconv_cuda.cuh"
+
+namespace effnet {
+template void launch_dwconv<float>(const DwPlan&, Act, const float*, const float*, const float*, float*, float*,
+                                cudaStream_t);
+}  // namespace effnet
