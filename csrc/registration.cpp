@@ -25,6 +25,14 @@ TORCH_LIBRARY(effnet, m) {
   m.def(
       "dwconv_bias_act(Tensor x, Tensor weight, Tensor bias, int stride, int[] padding, str act, "
       "bool return_pool) -> (Tensor, Tensor)");
+  // SE excite: sigmoid(w2 @ silu(w1 @ pooled[n] + b1) + b2) -> (N, C) float32; pooled (N, C)
+  // float32, w1 (S, C), w2 (C, S), b1 (S,), b2 (C,) in one float dtype.
+  m.def("se_gate(Tensor pooled, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
+  // 1x1 conv as a GEMM on channels_last x: act((x * gate[n, cin]) @ weight^T + bias) + residual;
+  // weight (Cout, Cin); gate (N, Cin) float32; with pool_only the float32 (N, Cout) mean only.
+  m.def(
+      "pointwise_conv(Tensor x, Tensor weight, Tensor bias, str act, Tensor? gate, "
+      "Tensor? residual, bool pool_only) -> Tensor");
 }
 
 namespace effnet {

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from . import ops, reference
 
-__all__ = ["fold_bn", "act_name", "FusedDWConvBNAct"]
+__all__ = ["fold_bn", "act_name", "FusedDWConvBNAct", "SqueezeExcite", "PointwiseConvBNAct"]
 
 _ACT_TYPES = ((nn.SiLU, "silu"), (nn.ReLU6, "relu6"), (nn.ReLU, "relu"), (nn.Identity, "identity"))
 
@@ -151,3 +151,116 @@ class FusedDWConvBNAct(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding!r}, act={self.act!r}, backend={self.backend!r}")
+
+
+def _module_attr(m: nn.Module, *names):
+    return next((getattr(m, n) for n in names if getattr(m, n, None) is not None), None)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: x · sigmoid(fc2(silu(fc1(mean_hw(x))))), the MLP as one kernel.
+
+    ``forward(x)`` is the drop-in (returns the scaled x, channels_last); ``gate(pooled)`` returns
+    just the (N, C) float32 gate from a precomputed pool — what the fused MBConv uses, with the
+    pool from ``dwconv_bias_act(return_pool=True)`` and the gate applied inside the projection.
+    """
+
+    def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+            t = t.detach()
+            self.register_buffer(name, (t.reshape(t.shape[0], -1) if t.dim() > 1 else t).clone())
+        self.backend = ops._resolve_for_op("se_gate", backend, w1.device)
+        ops.se_gate(torch.zeros(1, self.w1.shape[1], device=w1.device), self.w1, self.b1, self.w2,
+                    self.b2, backend="torch")  # validate shapes now
+
+    @classmethod
+    def from_modules(cls, se: nn.Module, backend: str = "auto") -> SqueezeExcite:
+        """From torchvision's ``SqueezeExcitation``, timm's ``SqueezeExcite`` or effnet_kernels'
+        ``SqueezeExcitation`` (SiLU inside, sigmoid gate)."""
+        fc1 = _module_attr(se, "fc1", "conv_reduce")
+        fc2 = _module_attr(se, "fc2", "conv_expand")
+        act = _module_attr(se, "activation", "act1", "act")
+        if not isinstance(fc1, nn.Conv2d) or not isinstance(fc2, nn.Conv2d):
+            raise TypeError(f"{type(se).__name__} is not a known SE module (need fc1/fc2 or "
+                            "conv_reduce/conv_expand 1x1 convs)")
+        if act is not None and act_name(act) != "silu":
+            raise ValueError(f"SE activation must be SiLU, got {type(act).__name__}")
+        gate = _module_attr(se, "scale_activation", "gate")
+        if gate is not None and not (isinstance(gate, nn.Sigmoid) or gate is torch.sigmoid):
+            raise ValueError(f"SE gate must be a sigmoid, got {gate!r}")
+        z = lambda c: (c.bias.detach() if c.bias is not None  # noqa: E731
+                       else torch.zeros(c.out_channels, dtype=c.weight.dtype,
+                                        device=c.weight.device))
+        return cls(fc1.weight, z(fc1), fc2.weight, z(fc2), backend)
+
+    def gate(self, pooled: Tensor) -> Tensor:
+        return ops.se_gate(pooled, self.w1, self.b1, self.w2, self.b2, backend=self.backend)
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = self.gate(x.float().mean((2, 3)))
+        return (x * g[:, :, None, None].to(x.dtype)).contiguous(memory_format=torch.channels_last)
+
+    def forward_native(self, x: Tensor) -> Tensor:
+        g = reference.se_gate(x.float().mean((2, 3)), self.w1, self.b1, self.w2, self.b2)
+        return (x * g[:, :, None, None].to(x.dtype)).contiguous(memory_format=torch.channels_last)
+
+    def extra_repr(self) -> str:
+        return f"{self.w1.shape[1]} -> {self.w1.shape[0]} -> {self.w2.shape[0]}, " \
+               f"backend={self.backend!r}"
+
+
+class PointwiseConvBNAct(nn.Module):
+    """1×1 conv + folded BN + act as a fused GEMM (``ops.pointwise_conv``).
+
+    ``forward(x, gate=None, residual=None, pool_only=False)``: ``gate`` (N, Cin) float32 scales
+    the input on load (the SE excite), ``residual`` is added after the activation, and
+    ``pool_only`` returns only the float32 (N, Cout) spatial mean (the head).
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor, act: str = "identity",
+                 backend: str = "auto") -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().reshape(weight.shape[0], -1).clone())
+        self.register_buffer("bias", bias.detach().clone())
+        self.act = act_name(act)
+        self.backend = ops._resolve_for_op("pointwise_conv", backend, weight.device)
+        if self.bias.shape != (self.weight.shape[0],):
+            raise ValueError(f"bias must be ({self.weight.shape[0]},), got {tuple(bias.shape)}")
+
+    @classmethod
+    def from_modules(cls, conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm | None = None,
+                     act: nn.Module | str | None = None, *,
+                     backend: str = "auto") -> PointwiseConvBNAct:
+        """Fold ``bn`` (optional) into the 1×1 ``conv`` (groups 1, stride 1, no padding)."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be nn.Conv2d, got {type(conv).__name__}")
+        if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1 \
+                or conv.padding not in ((0, 0), "valid"):
+            raise ValueError("conv must be a 1x1, stride-1, groups-1 conv without padding, got "
+                             f"kernel {conv.kernel_size}, stride {conv.stride}, groups "
+                             f"{conv.groups}, padding {conv.padding}")
+        w, b = conv.weight.detach(), conv.bias
+        if bn is not None:
+            w, b = fold_bn(w, bn, b)
+        elif b is None:
+            b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        return cls(w, b, act_name(act), backend)
+
+    def forward(self, x: Tensor, gate: Tensor | None = None, residual: Tensor | None = None,
+                pool_only: bool = False) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        if residual is not None:
+            residual = residual.contiguous(memory_format=torch.channels_last)
+        return ops.pointwise_conv(x, self.weight, self.bias, self.act, gate, residual, pool_only,
+                                  backend=self.backend)
+
+    def forward_native(self, x: Tensor, gate: Tensor | None = None,
+                       residual: Tensor | None = None, pool_only: bool = False) -> Tensor:
+        return reference.pointwise_conv(x, self.weight, self.bias, self.act, gate, residual,
+                                        pool_only)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, act={self.act!r}, "
+                f"backend={self.backend!r}")

@@ -164,6 +164,17 @@ if _C is not None:
         pool = x.new_empty((N, C) if return_pool else (0,), dtype=torch.float32)
         return y, pool
 
+    @torch.library.register_fake("effnet::se_gate")
+    def _se_gate_fake(pooled, w1, b1, w2, b2):
+        return pooled.new_empty((pooled.shape[0], w2.shape[0]), dtype=torch.float32)
+
+    @torch.library.register_fake("effnet::pointwise_conv")
+    def _pointwise_conv_fake(x, weight, bias, act, gate, residual, pool_only):
+        N, _, H, W = x.shape
+        if pool_only:
+            return x.new_empty((N, weight.shape[0]), dtype=torch.float32)
+        return x.new_empty((N, weight.shape[0], H, W)).contiguous(memory_format=torch.channels_last)
+
 
 # ----------------------------------------------------------------------------- ops
 def bias_act(x: torch.Tensor, bias: torch.Tensor, act: str = "silu", *,
@@ -239,3 +250,133 @@ def dwconv_bias_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s
         out = reference.dwconv_bias_act(x, weight, bias, stride, pads, act, return_pool)
         y, pool = out if return_pool else (out, None)
     return (y, pool) if return_pool else y
+
+
+# Which backends implement which op (an op missing from a backend is an error, not a fallback).
+_OP_BACKENDS = {
+    "se_gate": ("cuda", "triton", "cpu", "torch"),
+    "pointwise_conv": ("triton", "cpu", "torch"),
+}
+
+
+def _resolve_for_op(op: str, backend: str, device: torch.device) -> str:
+    supported = _OP_BACKENDS[op]
+    if backend == "auto":
+        return next(b for b in available_backends(device) if b in supported)
+    b = resolve_backend(backend, device)
+    if b not in supported:
+        raise RuntimeError(f"{op} has no {b!r} implementation; use one of {supported} "
+                           "(or 'auto')")
+    return b
+
+
+def _check_matrix(t, rows, cols, op, name, dtypes=FLOAT_DTYPES):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    m = t.reshape(t.shape[0], -1) if t.dim() == 4 and t.shape[2:] == (1, 1) else t
+    if m.dim() != 2 or (rows is not None and m.shape[0] != rows) or (cols is not None and
+                                                                     m.shape[1] != cols):
+        want = f"({rows if rows is not None else 'R'}, {cols if cols is not None else 'C'})"
+        raise ValueError(f"{op}: {name} must have shape {want} (or with trailing 1, 1), "
+                         f"got {tuple(t.shape)}")
+    if m.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must be one of {dtypes}, got {m.dtype}")
+    return m
+
+
+def _check_vector(v, n, op, name, dtype, device):
+    if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.shape[0] != n:
+        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"{op}: {name} must have shape ({n},), got {shape}")
+    if v.dtype != dtype:
+        raise TypeError(f"{op}: {name} dtype {v.dtype} does not match {dtype}")
+    if v.device != device:
+        raise RuntimeError(f"{op}: {name} is on {v.device} but the input is on {device}")
+
+
+def se_gate(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+            b2: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """SE excite: sigmoid(W2·silu(W1·pooled + b1) + b2) → (N, C) float32.
+
+    pooled (N, C) float32 (``dwconv_bias_act(..., return_pool=True)``'s pool); w1 (S, C) and
+    w2 (C, S) (1×1 conv weights with trailing 1, 1 accepted), b1 (S,), b2 (C,); the four weights
+    share one float dtype. Math in float32.
+    """
+    op = "se_gate"
+    if not isinstance(pooled, torch.Tensor) or pooled.dim() != 2:
+        raise ValueError(f"{op}: pooled must be 2-D (N, C), got "
+                         f"{tuple(pooled.shape) if isinstance(pooled, torch.Tensor) else pooled}")
+    if pooled.dtype != torch.float32:
+        raise TypeError(f"{op}: pooled must be float32, got {pooled.dtype}")
+    C = pooled.shape[1]
+    m1 = _check_matrix(w1, None, C, op, "w1")
+    S = m1.shape[0]
+    m2 = _check_matrix(w2, C, S, op, "w2")
+    if m2.dtype != m1.dtype:
+        raise TypeError(f"{op}: w2 dtype {m2.dtype} does not match w1 dtype {m1.dtype}")
+    for t, name in ((m1, "w1"), (m2, "w2")):
+        if t.device != pooled.device:
+            raise RuntimeError(f"{op}: {name} is on {t.device} but pooled is on {pooled.device}")
+    _check_vector(b1, S, op, "b1", m1.dtype, pooled.device)
+    _check_vector(b2, C, op, "b2", m1.dtype, pooled.device)
+    b = _resolve_for_op(op, backend, pooled.device)
+    if b in ("cuda", "cpu"):
+        return torch.ops.effnet.se_gate(pooled, m1, b1, m2, b2)
+    if b == "triton":
+        from .triton import se as ts
+
+        return ts.se_gate(pooled, m1, b1, m2, b2)
+    return reference.se_gate(pooled, m1, b1, m2, b2)
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   act: str = "identity", gate: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, pool_only: bool = False, *,
+                   backend: str = "auto") -> torch.Tensor:
+    """1×1 conv over channels_last x as a GEMM (N·H·W, Cin) × (Cin, Cout), fused:
+
+    y = act((x · gate[n, cin]) @ Wᵀ + bias) + residual. ``gate`` (N, Cin) float32 scales the
+    input on load (the SE excite; the scaled tensor is never written); ``residual``
+    (N, Cout, H, W) channels_last in x's dtype. Returns y (N, Cout, H, W) channels_last in x's
+    dtype, or with ``pool_only=True`` only the float32 (N, Cout) spatial mean of y (the head
+    conv + BN + SiLU + global pool; y is never written). weight (Cout, Cin) or
+    (Cout, Cin, 1, 1) and bias (Cout,) in x's dtype.
+    """
+    op = "pointwise_conv"
+    _check_nhwc(x, op)
+    N, Cin, H, W = x.shape
+    w = _check_matrix(weight, None, Cin, op, "weight")
+    Cout = w.shape[0]
+    if w.dtype != x.dtype:
+        raise TypeError(f"{op}: weight dtype {w.dtype} does not match x dtype {x.dtype}")
+    if w.device != x.device:
+        raise RuntimeError(f"{op}: weight is on {w.device} but x is on {x.device}")
+    _check_vector(bias, Cout, op, "bias", x.dtype, x.device)
+    _check_act(act, op)
+    if gate is not None:
+        if not isinstance(gate, torch.Tensor) or tuple(gate.shape) != (N, Cin):
+            raise ValueError(f"{op}: gate must have shape ({N}, {Cin}), got "
+                             f"{tuple(gate.shape) if isinstance(gate, torch.Tensor) else gate}")
+        if gate.dtype != torch.float32:
+            raise TypeError(f"{op}: gate must be float32, got {gate.dtype}")
+        if gate.device != x.device:
+            raise RuntimeError(f"{op}: gate is on {gate.device} but x is on {x.device}")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != (N, Cout, H, W):
+            raise ValueError(f"{op}: residual must have shape ({N}, {Cout}, {H}, {W}), got "
+                             f"{tuple(residual.shape) if isinstance(residual, torch.Tensor) else residual}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"{op}: residual dtype {residual.dtype} does not match x dtype "
+                            f"{x.dtype}")
+        if residual.device != x.device:
+            raise RuntimeError(f"{op}: residual is on {residual.device} but x is on {x.device}")
+        if not residual.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError(f"{op}: residual must be channels_last contiguous")
+    b = _resolve_for_op(op, backend, x.device)
+    if b == "cpu":
+        return torch.ops.effnet.pointwise_conv(x, w, bias, act, gate, residual, pool_only)
+    if b == "triton":
+        from .triton import pointwise as tp
+
+        return tp.pointwise_conv(x, w, bias, act, gate, residual, pool_only)
+    return reference.pointwise_conv(x, w, bias, act, gate, residual, pool_only)

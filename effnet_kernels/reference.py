@@ -68,3 +68,36 @@ def dwconv_bias_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s
     if not return_pool:
         return y
     return y, v.mean(dim=(2, 3)).to(torch.float64 if ct == torch.float64 else torch.float32)
+
+
+def se_gate(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+            b2: torch.Tensor) -> torch.Tensor:
+    """gate = sigmoid(W2·silu(W1·pooled + b1) + b2): (N, C) float32 (float64 for float64 input).
+
+    pooled (N, C); w1 (S, C) (or (S, C, 1, 1)), b1 (S,), w2 (C, S) (or (C, S, 1, 1)), b2 (C,).
+    """
+    ct = _compute_dtype(pooled)
+    h = F.silu(pooled.to(ct) @ w1.reshape(w1.shape[0], -1).to(ct).t() + b1.to(ct))
+    return torch.sigmoid(h @ w2.reshape(w2.shape[0], -1).to(ct).t() + b2.to(ct))
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   act: str = "identity", gate: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, pool_only: bool = False) -> torch.Tensor:
+    """1×1 conv as a GEMM: y = act((x · gate[n, cin]) @ Wᵀ + bias) + residual.
+
+    x (N, Cin, H, W); weight (Cout, Cin) or (Cout, Cin, 1, 1); gate (N, Cin) or None;
+    residual (N, Cout, H, W) or None. Returns y channels_last in x's dtype, or with
+    ``pool_only`` just the float32 (N, Cout) spatial mean of y (before any cast).
+    """
+    ct = _compute_dtype(x)
+    xs = x.to(ct)
+    if gate is not None:
+        xs = xs * gate.to(ct)[:, :, None, None]
+    w = weight.reshape(weight.shape[0], -1).to(ct)
+    v = apply_act(F.conv2d(xs, w[:, :, None, None], bias.to(ct)), act)
+    if residual is not None:
+        v = v + residual.to(ct)
+    if pool_only:
+        return v.mean(dim=(2, 3)).to(torch.float64 if ct == torch.float64 else torch.float32)
+    return v.to(x.dtype).contiguous(memory_format=torch.channels_last)

@@ -102,3 +102,47 @@ def test_fold_bn_with_conv_bias(bias):
     x = torch.randn(2, 6, 5, 5)
     with torch.no_grad():
         assert rel_err(nn.functional.conv2d(x, w, b, padding=1), bn(conv(x))) <= 1e-5
+
+
+def test_squeeze_excite_from_torchvision_timm_and_ek():
+    from torchvision.ops.misc import SqueezeExcitation as TvSE
+
+    from effnet_kernels.models.efficientnet import SqueezeExcitation as EkSE
+    from effnet_kernels.nn import SqueezeExcite
+
+    timm_se = pytest.importorskip("timm.models._efficientnet_blocks").SqueezeExcite
+    x = torch.randn(2, 32, 5, 7)
+    sources = [TvSE(32, 8, activation=nn.SiLU), EkSE(32, 8), timm_se(32, rd_ratio=0.25,
+                                                                      act_layer=nn.SiLU)]
+    for src in sources:
+        for backend in ("torch", "cpu") if ops.extension_available() else ("torch",):
+            m = SqueezeExcite.from_modules(src.eval(), backend=backend)
+            with torch.no_grad():
+                ref = src(x)
+                assert rel_err(m(x), ref) <= 1e-5, type(src).__name__
+                assert rel_err(m.forward_native(x), ref) <= 1e-5
+                assert rel_err(m.gate(x.mean((2, 3))) [:, :, None, None] * x, ref) <= 1e-5
+    with pytest.raises(ValueError, match="SiLU"):
+        SqueezeExcite.from_modules(TvSE(32, 8, activation=nn.ReLU))
+    with pytest.raises(TypeError, match="not a known SE module"):
+        SqueezeExcite.from_modules(nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pointwise_conv_bn_act_module(backend):
+    from effnet_kernels.nn import PointwiseConvBNAct
+
+    conv, bn = nn.Conv2d(24, 40, 1, bias=False), random_bn(40)
+    m = PointwiseConvBNAct.from_modules(conv, bn, nn.SiLU(), backend=backend)
+    assert f"backend='{backend}'" in repr(m)
+    x, res = torch.randn(2, 24, 5, 3), torch.randn(2, 40, 5, 3)
+    gate = torch.rand(2, 24)
+    with torch.no_grad():
+        eager = nn.functional.silu(bn(conv(x * gate[:, :, None, None])))
+        assert rel_err(m(x, gate=gate), eager) <= 1e-5
+        assert rel_err(m(x, gate=gate, residual=res), eager + res) <= 1e-5
+        assert rel_err(m(x, gate=gate, pool_only=True), eager.mean((2, 3))) <= 1e-5
+    with pytest.raises(ValueError, match="1x1"):
+        PointwiseConvBNAct.from_modules(nn.Conv2d(24, 40, 3), bn)
+    with pytest.raises(RuntimeError, match="no 'cpu'|not available|no 'cuda'"):
+        PointwiseConvBNAct.from_modules(conv, bn, backend="cuda")
