@@ -61,3 +61,47 @@ inline bool has_avx2_fma() {
 #define EFFNET_TARGET_AVX2
 #define EFFNET_HAVE_AVX2_BUILD 0
 #endif
+
+#if EFFNET_HAVE_AVX2_BUILD
+#include <immintrin.h>
+
+namespace effnet::cpu {
+
+// 8-wide exp_vec (same polynomial and clamp) and activations, for the AVX2 builds: GCC leaves
+// parts of the scalar versions unvectorised (blends for the clamps, a scalar division loop).
+EFFNET_TARGET_AVX2 inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(p, z, x), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+template <Act A>
+EFFNET_TARGET_AVX2 inline __m256 act256(__m256 v) {
+  if constexpr (A == Act::SiLU) {
+    return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f),
+                                          exp256(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+  } else if constexpr (A == Act::ReLU6) {  // max/min with v second: NaN propagates
+    return _mm256_min_ps(_mm256_set1_ps(6.0f), _mm256_max_ps(_mm256_setzero_ps(), v));
+  } else if constexpr (A == Act::ReLU) {
+    return _mm256_max_ps(_mm256_setzero_ps(), v);
+  } else {
+    return v;
+  }
+}
+
+}  // namespace effnet::cpu
+#endif
+

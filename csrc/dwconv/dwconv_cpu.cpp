@@ -1,9 +1,10 @@
 // CPU implementation of effnet::dwconv_bias_act (contract in dwconv.h).
 //
 // Layout NHWC: an output pixel's C channels are contiguous, and so are the C channels of every
-// input tap. Parallel over (n, output row) with at::parallel_for; within a row, channels go in
-// blocks of kCB = 64 floats kept in registers (8 AVX2 vectors) across all k*k taps, then bias,
-// act, store, and the row's per-channel sums of y for the pool. Weights are transposed once per
+// input tap. Parallel over (n, output row) with at::parallel_for; within a row, pixel by pixel,
+// and within a pixel channel blocks of kCB = 64 floats kept in registers (8 AVX2 vectors) across
+// all k*k taps; then bias, act, store, and the row's per-channel sums of y for the pool, one
+// vectorised epilogue call per pixel. Weights are transposed once per
 // call to [k*k][C] float32 so each tap reads a contiguous channel block. The pool is reduced from
 // per-row partial sums in a fixed order (deterministic). Kernels are built for the baseline ISA
 // and for AVX2+FMA, chosen at run time.
@@ -13,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../common/cpu_math.h"
 #include "../common/dispatch.h"
@@ -23,8 +25,9 @@ namespace {
 
 constexpr int kCB = 64;
 
-// y = act(acc) narrowed to T, psum += act(acc). Kept out of line, with restrict pointers, so GCC
-// vectorises it (SiLU's exp included); inlined into the conv loop it stays scalar.
+// y[j] = act(acc[j]) narrowed to T and psum[j] += act(acc[j]) for one pixel's n channels. Kept
+// out of line with restrict pointers so GCC vectorises it; the float AVX2 case is written in
+// intrinsics (GCC leaves the clamps as blends and part of the loop scalar).
 template <typename T, Act A>
 C10_ALWAYS_INLINE void act_store_body(const float* __restrict acc, T* __restrict y,
                                       float* __restrict psum, int n) {
@@ -42,63 +45,87 @@ C10_NOINLINE void act_store_base(const float* acc, T* y, float* psum, int n) {
 
 template <typename T, Act A>
 C10_NOINLINE EFFNET_TARGET_AVX2 void act_store_avx2(const float* acc, T* y, float* psum, int n) {
+#if EFFNET_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    const int n8 = n & ~7;
+    for (int j = 0; j < n8; j += 8) {
+      const __m256 v = cpu::act256<A>(_mm256_loadu_ps(acc + j));
+      _mm256_storeu_ps(y + j, v);
+      _mm256_storeu_ps(psum + j, _mm256_add_ps(_mm256_loadu_ps(psum + j), v));
+    }
+    for (int j = n8; j < n; ++j) {
+      const float v = cpu::act_vec<A>(acc[j]);
+      y[j] = v;
+      psum[j] += v;
+    }
+    return;
+  }
+#endif
   act_store_body<T, A>(acc, y, psum, n);
 }
 
-// One channel block [c0, c0 + NB) of one output row. NB == kCB is the unrolled register path;
-// the tail block passes NB = 0 and a runtime width `cb`.
-template <int NB, bool AVX2, typename T, Act A>
-C10_ALWAYS_INLINE void row_block(const T* __restrict x, const float* __restrict wt,
-                                 const float* __restrict b, T* __restrict y,
-                                 float* __restrict pool, const DwShape& s, int64_t ho, int64_t c0,
-                                 int cb) {
+// One output pixel, channel block [c0, c0 + NB): acc over the valid taps, kept in registers
+// (NB == kCB: unrolled), written to out[0, NB). The tail block passes NB = 0 and its width cb.
+template <int NB, typename T>
+C10_ALWAYS_INLINE void conv_block(const T* __restrict x, const float* __restrict wt,
+                                  const float* __restrict b, float* __restrict out, int64_t C,
+                                  int64_t W, int k, int64_t h0, int kh_lo, int kh_hi, int64_t w0,
+                                  int kw_lo, int kw_hi, int64_t c0, int cb) {
   constexpr int CAP = NB > 0 ? NB : kCB;
   const int n = NB > 0 ? NB : cb;
-  const int64_t C = s.C;
-  float psum[CAP];
-  for (int j = 0; j < CAP; ++j) psum[j] = 0.0f;
-  const int64_t h0 = ho * s.stride - s.pad_top;
-  const int kh_lo = static_cast<int>(std::max<int64_t>(0, -h0));
-  const int kh_hi = static_cast<int>(std::min<int64_t>(s.k, s.H - h0));
-  for (int64_t wo = 0; wo < s.Wo; ++wo) {
-    const int64_t w0 = wo * s.stride - s.pad_left;
-    const int kw_lo = static_cast<int>(std::max<int64_t>(0, -w0));
-    const int kw_hi = static_cast<int>(std::min<int64_t>(s.k, s.W - w0));
-    float acc[CAP];
-    for (int j = 0; j < n; ++j) acc[j] = b[c0 + j];
-    for (int kh = kh_lo; kh < kh_hi; ++kh) {
-      const T* xr = x + ((h0 + kh) * s.W + w0) * C + c0;
-      const float* wr = wt + static_cast<int64_t>(kh) * s.k * C + c0;
-      for (int kw = kw_lo; kw < kw_hi; ++kw) {
-        const T* xp = xr + kw * C;
-        const float* wp = wr + kw * C;
-        for (int j = 0; j < n; ++j) acc[j] += wp[j] * static_cast<float>(xp[j]);
-      }
-    }
-    if constexpr (AVX2) {
-      act_store_avx2<T, A>(acc, y + wo * C + c0, psum, n);
-    } else {
-      act_store_base<T, A>(acc, y + wo * C + c0, psum, n);
+  float acc[CAP];
+  for (int j = 0; j < n; ++j) acc[j] = b[c0 + j];
+  for (int kh = kh_lo; kh < kh_hi; ++kh) {
+    const T* xr = x + ((h0 + kh) * W + w0) * C + c0;
+    const float* wr = wt + static_cast<int64_t>(kh) * k * C + c0;
+    for (int kw = kw_lo; kw < kw_hi; ++kw) {
+      const T* xp = xr + kw * C;
+      const float* wp = wr + kw * C;
+      for (int j = 0; j < n; ++j) acc[j] += wp[j] * static_cast<float>(xp[j]);
     }
   }
-  if (pool != nullptr) {
-    for (int j = 0; j < n; ++j) pool[c0 + j] = psum[j];
-  }
+  for (int j = 0; j < n; ++j) out[c0 + j] = acc[j];
 }
 
-// Output rows [r0, r1) of the flattened (n, ho) index.
+// Output rows [r0, r1) of the flattened (n, ho) index. Pixel by pixel, all channels of a pixel
+// before the next: the k*k input pixels it needs are contiguous C-vectors, so x streams through
+// the cache in order and the [k*k][C] weights stay in L1. A pixel's C pre-activations go to
+// `acc` (L1), then one vectorised epilogue call handles the whole pixel.
 template <bool AVX2, typename T, Act A>
 C10_ALWAYS_INLINE void rows_impl(const T* x, const float* wt, const float* b, T* y, float* partial,
                                  const DwShape& s, int64_t r0, int64_t r1) {
   const int64_t C = s.C;
+  std::vector<float> buf(2 * C);
+  float* acc = buf.data();
+  float* psum = buf.data() + C;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / s.Ho, ho = r % s.Ho;
     const T* xn = x + n * s.H * s.W * C;
     T* yr = y + r * s.Wo * C;
-    float* pr = partial != nullptr ? partial + r * C : nullptr;
-    int64_t c0 = 0;
-    for (; c0 + kCB <= C; c0 += kCB) row_block<kCB, AVX2, T, A>(xn, wt, b, yr, pr, s, ho, c0, kCB);
-    if (c0 < C) row_block<0, AVX2, T, A>(xn, wt, b, yr, pr, s, ho, c0, static_cast<int>(C - c0));
+    std::fill(psum, psum + C, 0.0f);
+    const int64_t h0 = ho * s.stride - s.pad_top;
+    const int kh_lo = static_cast<int>(std::max<int64_t>(0, -h0));
+    const int kh_hi = static_cast<int>(std::min<int64_t>(s.k, s.H - h0));
+    for (int64_t wo = 0; wo < s.Wo; ++wo) {
+      const int64_t w0 = wo * s.stride - s.pad_left;
+      const int kw_lo = static_cast<int>(std::max<int64_t>(0, -w0));
+      const int kw_hi = static_cast<int>(std::min<int64_t>(s.k, s.W - w0));
+      int64_t c0 = 0;
+      for (; c0 + kCB <= C; c0 += kCB) {
+        conv_block<kCB, T>(xn, wt, b, acc, C, s.W, s.k, h0, kh_lo, kh_hi, w0, kw_lo, kw_hi, c0,
+                           kCB);
+      }
+      if (c0 < C) {
+        conv_block<0, T>(xn, wt, b, acc, C, s.W, s.k, h0, kh_lo, kh_hi, w0, kw_lo, kw_hi, c0,
+                         static_cast<int>(C - c0));
+      }
+      if constexpr (AVX2) {
+        act_store_avx2<T, A>(acc, yr + wo * C, psum, static_cast<int>(C));
+      } else {
+        act_store_base<T, A>(acc, yr + wo * C, psum, static_cast<int>(C));
+      }
+    }
+    if (partial != nullptr) std::copy(psum, psum + C, partial + r * C);
   }
 }
 
