@@ -34,6 +34,7 @@ from .models import (  # noqa: E402
     efficientnet_lite4,
     list_models,
 )
+from .optimize import optimize  # noqa: E402
 
 
 def build_info() -> dict:
@@ -58,6 +59,6 @@ def build_info() -> dict:
 
 __all__ = [
     "build_info", "ops", "reference", "fold_bn", "from_efficientnet_pytorch", "from_timm",
-    "from_torchvision", "create_model", "list_models",
+    "from_torchvision", "optimize", "create_model", "list_models",
     *[f"efficientnet_b{i}" for i in range(8)], *[f"efficientnet_lite{i}" for i in range(5)],
 ]

@@ -1,0 +1,489 @@
+"""``ek.optimize()``: the frozen, fused EfficientNet inference model.
+
+``f = ek.optimize(model, backend="auto", dtype=None, cuda_graph=False)`` takes an
+effnet_kernels :class:`~effnet_kernels.models.efficientnet.EfficientNet` (B0–B7, Lite0–4), or a
+torchvision / timm / efficientnet_pytorch EfficientNet (converted first with
+:mod:`effnet_kernels.convert`), and returns a new :class:`FusedEfficientNet`. The input model is
+never modified (weights are read, folded and copied; its train/eval mode does not matter: BN is
+folded from its running statistics, i.e. eval-mode BN).
+
+What runs per image (kernels on the ``cpu``/``cuda``/``triton`` backends)::
+
+    input     x.to(dtype, memory_format=channels_last)        the one layout change (+ cast)
+    stem      F.conv2d 3×3 s2 (BN-folded weight, no bias;     cuDNN / oneDNN, 2 kernels
+              symmetric or TF-"same" pads, F.pad only when
+              the pads are asymmetric) → ops.bias_act
+    MBConv    [expand ops.pointwise_conv(bias + act)]          2–4 kernels per block
+              → ops.dwconv_bias_act(return_pool=SE)
+              → [ops.se_gate(pool)]
+              → project ops.pointwise_conv(gate=SE gate, residual=x if residual)
+    head      ops.pointwise_conv(pool_only=True)               conv_head + BN + act + avg pool
+    classifier F.linear (dropout is the identity at inference)
+
+A B0 block with expansion and SE is 4 kernels (eager PyTorch: ~14); stage-1 blocks (no expansion)
+are 3; Lite blocks (no SE) 3, and 2 in stage 1. All activations stay channels_last; nothing is
+materialised between the fused ops (the SE-scaled tensor and the head activation map never are).
+
+Backends (DESIGN.md §2), resolved once at construction, per op (``f.backends``):
+
+* ``"auto"``: per op, the best available on the weights' device (cuda → triton → torch on a
+  GPU, cpu → torch on the CPU; ``pointwise_conv`` has no CUDA kernel, so on a GPU it is Triton).
+  If an op ends up on ``"torch"`` on a GPU (no CUDA build and no Triton) a warning says so.
+* ``"cuda"``: the csrc CUDA kernels; ``pointwise_conv`` has none and runs its **Triton** kernel
+  instead (shown in ``f.backends``, ``f.substitutions`` and the repr). If Triton is missing too,
+  ``RuntimeError`` — never a silent fall back to ``"torch"``.
+* ``"triton"``, ``"cpu"``, ``"torch"``: every op on that backend.
+
+A requested backend that is not available raises ``RuntimeError`` naming what is missing. The stem
+conv and the classifier are always PyTorch's own (cuDNN / oneDNN / cuBLAS) ops.
+
+dtype: ``dtype=torch.float16 / torch.bfloat16 / torch.float32`` (default: the source's dtype).
+BN is folded in float64 and every weight (SE and classifier included) is cast once to ``dtype``;
+inputs are cast on entry; the SE pool and gate and the head pool are float32 (the ops'
+contract); logits come back in ``dtype``.
+
+CUDA graphs (``cuda_graph=True``, CUDA only): the forward is captured per (input shape, model
+dtype, device) after a warm-up on a side stream (torch's documented recipe), then replayed. Each
+call copies the input into the static input buffer (casting dtype and layout on the way, so the
+input's own dtype and layout never trigger a re-capture), replays on the current stream and
+returns a **clone** of the static output (safe to keep). The last ``graph_cache_size`` (default
+8) graphs are kept, each in its own private memory pool. Not for concurrent use of one module
+from several streams or threads. Under ``torch.compile`` the graph path is skipped (use
+``mode="reduce-overhead"`` there instead).
+
+``torch.compile(f, fullgraph=True)`` works (the ops have fake kernels; all shape logic — padding,
+validation — is Python on static shapes); so does ``torch.inference_mode()``. The module is
+frozen: weights are buffers, it has no parameters, and ``f.train()`` raises.
+
+Moving the module with ``.to(device)`` after construction keeps the backends chosen for the
+original device (an explicit ``cpu``/``cuda`` backend then raises at the first call on the
+wrong device); call ``optimize`` on the target device instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from .models.efficientnet import ConvBNAct, EfficientNet, MBConv
+from .nn import FusedDWConvBNAct, PointwiseConvBNAct, SqueezeExcite, act_name, fold_bn
+
+__all__ = ["optimize", "op_backends", "FusedEfficientNet", "FusedMBConv", "FusedStem",
+           "FrozenLinear"]
+
+# The fused ops the model uses, and which backends implement each (ops._OP_BACKENDS lists the
+# ops that lack some backend; the others have all four).
+_FUSED_OPS = ("bias_act", "dwconv_bias_act", "se_gate", "pointwise_conv")
+_ALL_BACKENDS = ("cuda", "triton", "cpu", "torch")
+# An op without a kernel on the requested backend runs on this one instead (stated, not silent).
+_SUBSTITUTE = {"cuda": "triton"}
+
+
+def _supported(op: str) -> tuple[str, ...]:
+    return tuple(getattr(ops, "_OP_BACKENDS", {}).get(op, _ALL_BACKENDS))
+
+
+def op_backends(backend: str = "auto", device: torch.device | str = "cpu"
+                ) -> tuple[dict[str, str], dict[str, str]]:
+    """Per-op backends for ``backend`` on tensors of ``device``: ``(backends, substitutions)``.
+
+    ``backends`` maps each fused op to the backend it runs on; ``substitutions`` maps an op that
+    lacks the requested backend to the reason it runs elsewhere (``pointwise_conv`` on "cuda"
+    runs on "triton"). Raises ``ValueError`` for an unknown name, ``RuntimeError`` when the
+    backend (or its substitute) is not available.
+    """
+    if backend not in ops.BACKENDS:
+        raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    out: dict[str, str] = {}
+    subs: dict[str, str] = {}
+    if backend == "auto":
+        avail = ops.available_backends(device)
+        for op in _FUSED_OPS:
+            out[op] = next(b for b in avail if b in _supported(op))  # "torch" is in both
+        return out, subs
+    ops.resolve_backend(backend, device)  # RuntimeError naming what is missing
+    for op in _FUSED_OPS:
+        sup = _supported(op)
+        if backend in sup:
+            out[op] = backend
+            continue
+        alt = _SUBSTITUTE.get(backend)
+        if alt is None or alt not in sup:
+            raise RuntimeError(f"{op} has no {backend!r} implementation (it has {sup})")
+        try:
+            ops.resolve_backend(alt, device)
+        except RuntimeError as e:
+            raise RuntimeError(f"backend={backend!r}: {op} has no {backend!r} kernel and would run "
+                               f"on {alt!r}, which is not available: {e}") from None
+        out[op] = alt
+        subs[op] = f"{alt!r} (no {backend!r} kernel)"
+    return out, subs
+
+
+# ----------------------------------------------------------------------------- modules
+def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
+    total = max(((size + s - 1) // s - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+class FusedStem(nn.Module):
+    """Stem: k×k stride-s full conv with BN folded (``F.conv2d``, no bias) → ``ops.bias_act``.
+
+    Padding ``"symmetric"`` ((k−1)/2 each side, passed to the conv) or ``"same"`` (TF, from
+    each input's size; the extra pixel right/bottom needs an ``F.pad``). Input channels_last in
+    the weight's dtype; output channels_last.
+
+    Why conv + ``bias_act`` and not a conv with bias + PyTorch's act: the act then runs on the
+    requested backend like every other op. Measured on the 2-core CPU (B0, 1×224², fp32): conv
+    0.27 ms; conv + ``bias_act`` ("cpu") 1.8 ms; conv with bias + ``F.silu_`` 0.57 ms — the gap
+    is the CPU ``bias_act`` kernel's SiLU (scalar ``expf``), to be fixed there, not here. On a
+    GPU in fp32, cuDNN runs this conv in TF32 unless ``torch.backends.cudnn.allow_tf32`` is off.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor, stride: int, padding: str, act: str,
+                 backend: str) -> None:
+        super().__init__()
+        if padding not in ("symmetric", "same"):
+            raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}")
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", bias.detach().clone())
+        self.kernel_size, self.stride, self.padding = weight.shape[-1], int(stride), padding
+        self.act = act_name(act)
+        self.backend = backend
+
+    def pads(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) for an h×w input."""
+        k, s = self.kernel_size, self.stride
+        if self.padding == "symmetric":
+            p = (k - 1) // 2
+            return (p, p, p, p)
+        return (*_same_pad(w, k, s), *_same_pad(h, k, s))
+
+    def forward(self, x: Tensor) -> Tensor:
+        left, right, top, bottom = self.pads(x.shape[-2], x.shape[-1])
+        if left == right and top == bottom:
+            y = F.conv2d(x, self.weight, None, self.stride, (top, left))
+        else:
+            y = F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, None, self.stride)
+        # cuDNN / oneDNN return channels_last for a channels_last input: a no-op then.
+        y = y.contiguous(memory_format=torch.channels_last)
+        return ops.bias_act(y, self.bias, self.act, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, kernel_size="
+                f"{self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
+                f"act={self.act!r}, conv='F.conv2d', backend={self.backend!r}")
+
+
+class FusedMBConv(nn.Module):
+    """One MBConv block as 2–4 fused ops (``num_kernels``):
+
+    [expand pointwise_conv + bias + act] → dwconv_bias_act (+ the SE pool in the same pass)
+    → [se_gate(pool)] → project pointwise_conv(gate=…, residual=x if use_residual).
+    """
+
+    def __init__(self, expand: PointwiseConvBNAct | None, dw: FusedDWConvBNAct,
+                 se: SqueezeExcite | None, project: PointwiseConvBNAct,
+                 use_residual: bool) -> None:
+        super().__init__()
+        self.expand, self.dw, self.se, self.project = expand, dw, se, project
+        self.use_residual = bool(use_residual)
+
+    @property
+    def num_kernels(self) -> int:
+        """Fused kernels this block launches (one per fused module)."""
+        return sum(m is not None for m in (self.expand, self.dw, self.se, self.project))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x if self.expand is None else self.expand(x)
+        res = x if self.use_residual else None
+        if self.se is None:
+            return self.project(self.dw(h), residual=res)
+        y, pool = self.dw(h, return_pool=True)
+        return self.project(y, gate=self.se.gate(pool), residual=res)
+
+    def extra_repr(self) -> str:
+        return f"use_residual={self.use_residual}, num_kernels={self.num_kernels}"
+
+
+class FrozenLinear(nn.Module):
+    """The classifier: ``F.linear`` with frozen (buffer) weight and bias."""
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]} -> {self.weight.shape[0]}"
+
+
+class _Graph:
+    __slots__ = ("graph", "static_in", "static_out")
+
+    def __init__(self, graph, static_in, static_out):
+        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+
+
+class FusedEfficientNet(nn.Module):
+    """Frozen fused EfficientNet inference model, built by :func:`optimize` (see the module doc).
+
+    Attributes: ``stem`` (:class:`FusedStem`), ``blocks`` (stages of :class:`FusedMBConv`, as
+    in the source), ``head`` (``PointwiseConvBNAct``, called with ``pool_only=True``),
+    ``classifier`` (:class:`FrozenLinear`); ``backends`` (op → backend, plus ``stem_conv`` and
+    ``classifier``, always PyTorch's), ``substitutions`` (ops running off the requested backend,
+    e.g. ``pointwise_conv`` on Triton for ``backend="cuda"``), ``cuda_graph``, ``name``,
+    ``num_kernels``. Refuses ``train()``.
+    """
+
+    graph_cache_size = 8
+    graph_warmup_iters = 3
+
+    def __init__(self, stem: FusedStem, blocks: nn.Sequential, head: PointwiseConvBNAct,
+                 classifier: FrozenLinear, *, backends: dict[str, str],
+                 substitutions: dict[str, str] | None = None, cuda_graph: bool = False,
+                 name: str = "efficientnet", requested_backend: str = "auto") -> None:
+        super().__init__()
+        self.stem, self.blocks, self.head, self.classifier = stem, blocks, head, classifier
+        self.backends = {"stem_conv": "torch (F.conv2d)", **backends,
+                         "classifier": "torch (F.linear)"}
+        self.substitutions = dict(substitutions or {})
+        self.requested_backend = requested_backend
+        self.name = name
+        if cuda_graph and self.device.type != "cuda":
+            raise RuntimeError("cuda_graph=True needs the model on a CUDA device; its weights "
+                               f"are on {self.device}")
+        self.cuda_graph = bool(cuda_graph)
+        self._graphs: OrderedDict = OrderedDict()
+        super().train(False)
+
+    # -- frozen
+    def train(self, mode: bool = True) -> FusedEfficientNet:
+        if mode:
+            raise RuntimeError(
+                "FusedEfficientNet is a frozen inference model (BN folded into the convs, "
+                "weights stored as buffers); it cannot be put in training mode. Train the "
+                "source model and call ek.optimize() on it again.")
+        return super().train(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights, activations and logits."""
+        return self.classifier.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.weight.device
+
+    @property
+    def num_kernels(self) -> int:
+        """Kernels per forward: stem conv + bias_act, each block's fused ops, head, classifier
+        (the input cast/layout change, if any, not counted)."""
+        return 2 + sum(b.num_kernels for b in self.fused_blocks()) + 1 + 1
+
+    def fused_blocks(self) -> list[FusedMBConv]:
+        return [m for m in self.blocks.modules() if isinstance(m, FusedMBConv)]
+
+    def extra_repr(self) -> str:
+        be = ", ".join(f"{k}={v!r}" + (f" [{self.substitutions[k]}]"
+                                        if k in self.substitutions else "")
+                       for k, v in self.backends.items())
+        return (f"name={self.name!r}, dtype={self.dtype}, device={self.device}, "
+                f"requested_backend={self.requested_backend!r}, cuda_graph={self.cuda_graph}, "
+                f"num_kernels={self.num_kernels}, backends: {be}")
+
+    # -- forward
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        cin = self.stem.weight.shape[1]
+        if x.dim() != 4 or x.shape[1] != cin:
+            raise ValueError(f"input must be (N, {cin}, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+        if x.device != self.device:
+            raise RuntimeError(f"input is on {x.device} but the model is on {self.device}")
+
+    def forward_eager(self, x: Tensor) -> Tensor:
+        """The forward without CUDA graphs."""
+        self._check_input(x)
+        with torch.no_grad():
+            # The one layout change (and the cast to the model's dtype), a no-op when x
+            # already is channels_last in that dtype.
+            x = x.to(self.dtype, memory_format=torch.channels_last)
+            x = self.blocks(self.stem(x))
+            pool = self.head(x, pool_only=True)  # float32 (N, C_head)
+            return self.classifier(pool.to(self.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.cuda_graph and not torch.compiler.is_compiling():
+            return self._forward_graphed(x)
+        return self.forward_eager(x)
+
+    # -- CUDA graphs
+    def _capture(self, x: Tensor) -> _Graph:
+        dev = self.device
+        with torch.cuda.device(dev), torch.inference_mode(False), torch.no_grad():
+            # Ordinary (non-inference) tensors, so later calls in or out of inference_mode can
+            # copy into the static input.
+            static_in = torch.empty(x.shape, dtype=self.dtype, device=dev,
+                                    memory_format=torch.channels_last)
+            static_in.copy_(x)
+            # Warm up on a side stream (lazy init, cuBLAS/cuDNN handles, Triton autotuning and
+            # compilation happen here, not inside the capture).
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(self.graph_warmup_iters):
+                    self.forward_eager(static_in)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # a private memory pool per graph
+                static_out = self.forward_eager(static_in)
+        return _Graph(graph, static_in, static_out)
+
+    def _forward_graphed(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        key = (tuple(x.shape), self.dtype, self.device)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(x)
+            self._graphs[key] = entry
+            while len(self._graphs) > max(1, self.graph_cache_size):
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        with torch.cuda.device(self.device), torch.no_grad():
+            entry.static_in.copy_(x)  # cast + layout change, on the current stream
+            entry.graph.replay()  # on the current stream
+            return entry.static_out.clone()
+
+    def reset_cuda_graphs(self) -> None:
+        """Drop every captured graph (and its memory pool)."""
+        self._graphs.clear()
+
+    def __getstate__(self):
+        # copy.deepcopy / pickle: captured graphs are not copyable; a copy re-captures.
+        state = self.__dict__.copy()
+        state["_graphs"] = OrderedDict()
+        return state
+
+
+# ----------------------------------------------------------------------------- building
+def _own(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A detached copy of ``t`` in ``dtype`` that shares no storage with the source."""
+    return t.detach().to(dtype=dtype, copy=True)
+
+
+def _fold(cba: ConvBNAct, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """BN folded into ``cba.conv`` in float64 (eval-mode running statistics), cast to dtype."""
+    w, b = fold_bn(cba.conv.weight.detach().double(), cba.bn, cba.conv.bias)
+    return w.to(dtype), b.to(dtype)
+
+
+def _fused_block(blk: MBConv, dtype: torch.dtype, be: dict[str, str]) -> FusedMBConv:
+    expand = None
+    if blk.expand is not None:
+        w, b = _fold(blk.expand, dtype)
+        expand = PointwiseConvBNAct(w, b, blk.expand.act_name, backend=be["pointwise_conv"])
+    w, b = _fold(blk.dw, dtype)
+    dw = FusedDWConvBNAct(w, b, blk.dw.stride, blk.dw.padding_mode, blk.dw.act_name,
+                          backend=be["dwconv_bias_act"])
+    se = None
+    if blk.se is not None:
+        if act_name(blk.se.act) != "silu":
+            raise ValueError(f"SE activation must be SiLU, got {type(blk.se.act).__name__}")
+        fc1, fc2 = blk.se.fc1, blk.se.fc2
+        se = SqueezeExcite(_own(fc1.weight, dtype), _own(fc1.bias, dtype),
+                           _own(fc2.weight, dtype), _own(fc2.bias, dtype),
+                           backend=be["se_gate"])
+    w, b = _fold(blk.project, dtype)
+    project = PointwiseConvBNAct(w, b, blk.project.act_name, backend=be["pointwise_conv"])
+    return FusedMBConv(expand, dw, se, project, blk.use_residual)
+
+
+def _to_ek(model: nn.Module) -> EfficientNet:
+    """The effnet_kernels model for ``model`` (itself, or a conversion that copies weights)."""
+    from . import convert
+
+    if isinstance(model, FusedEfficientNet):
+        raise TypeError("model is already a FusedEfficientNet (the output of ek.optimize); "
+                        "pass the source model instead")
+    if isinstance(model, EfficientNet):
+        return model
+    tv = sys.modules.get("torchvision.models.efficientnet")  # loaded if model is one of its
+    if tv is not None and isinstance(model, tv.EfficientNet):
+        return convert.from_torchvision(model)
+    tm = sys.modules.get("timm.models.efficientnet")
+    if tm is not None and isinstance(model, tm.EfficientNet):
+        return convert.from_timm(model)
+    if isinstance(model, nn.Module) and hasattr(model, "_blocks") and hasattr(model, "_conv_stem"):
+        return convert.from_efficientnet_pytorch(model)  # lukemelas (and its Lite fork)
+    raise TypeError(
+        f"ek.optimize does not know {type(model).__module__}.{type(model).__qualname__}; "
+        "expected an effnet_kernels EfficientNet, torchvision.models.EfficientNet, "
+        "timm.models.EfficientNet or an efficientnet_pytorch EfficientNet")
+
+
+def optimize(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = None,
+             cuda_graph: bool = False) -> FusedEfficientNet:
+    """Build the frozen fused inference model from ``model`` (see this module's docstring).
+
+    Args:
+        model: an effnet_kernels EfficientNet, or a torchvision / timm / efficientnet_pytorch
+            EfficientNet. Not modified; its train/eval mode does not matter.
+        backend: "auto", "cuda", "triton", "cpu" or "torch", for the weights' device. With
+            "cuda", ``pointwise_conv`` (no CUDA kernel) runs on Triton, as ``backends`` says.
+        dtype: torch.float32 / float16 / bfloat16 for weights, activations and logits;
+            default the model's own dtype.
+        cuda_graph: capture and replay the forward with CUDA graphs (CUDA models only).
+
+    Raises:
+        TypeError: unknown model type. ValueError: unknown backend or unsupported dtype.
+        RuntimeError: a backend (or, for "cuda", Triton for pointwise_conv) that is not
+            available here; ``cuda_graph=True`` on a non-CUDA model.
+    """
+    src = _to_ek(model)
+    ref = src.classifier.weight
+    device = ref.device
+    if device.type == "meta":
+        raise ValueError("model is on the meta device: it has no weights to fold")
+    if dtype is None:
+        dtype = ref.dtype
+    if not isinstance(dtype, torch.dtype) or dtype not in ops.FLOAT_DTYPES:
+        raise ValueError(f"dtype must be one of {ops.FLOAT_DTYPES} (or None for the model's "
+                         f"own), got {dtype!r}")
+    if cuda_graph and device.type != "cuda":
+        raise RuntimeError(f"cuda_graph=True needs a model on a CUDA device; it is on {device}")
+    be, subs = op_backends(backend, device)
+    if backend == "auto" and device.type == "cuda":
+        slow = [op for op, b in be.items() if b == "torch"]
+        if slow:
+            warnings.warn(f"ek.optimize(backend='auto'): {', '.join(slow)} run on the 'torch' "
+                          f"reference on {device} (available: {ops.available_backends(device)}); "
+                          "build the CUDA extension or install Triton for fused kernels",
+                          stacklevel=2)
+
+    w, b = _fold(src.stem, dtype)
+    stem = FusedStem(w, b, src.stem.stride, src.stem.padding_mode, src.stem.act_name,
+                     be["bias_act"])
+    stages = [nn.Sequential(*[_fused_block(blk, dtype, be) for blk in stage])
+              for stage in src.blocks]
+    w, b = _fold(src.head, dtype)
+    head = PointwiseConvBNAct(w, b, src.head.act_name, backend=be["pointwise_conv"])
+    classifier = FrozenLinear(_own(src.classifier.weight, dtype),
+                              _own(src.classifier.bias, dtype))
+    return FusedEfficientNet(stem, nn.Sequential(*stages), head, classifier, backends=be,
+                             substitutions=subs, cuda_graph=cuda_graph,
+                             name=getattr(getattr(src, "config", None), "name", "efficientnet"),
+                             requested_backend=backend)
