@@ -38,12 +38,17 @@ step build build.log env MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_C
 step info info.json "$PY" -P -m effnet_kernels info --json
 step tests tests.log "$PY" -P -m pytest -q -rs --rootdir=. -p no:cacheprovider tests \
   --junitxml="$OUT/tests.xml"
+# Kernel and model benchmarks in quick mode (B0 shapes, batch 1 and 256, fp16; benchmarks/benchutil.py).
 for b in benchmarks/bench_*.py; do
   [ -e "$b" ] || continue
   n=$(basename "$b" .py)
-  step "$n" "$n.log" "$PY" -P -m pytest -q -p no:cacheprovider "$b" --benchmark-only \
-    --benchmark-json="$OUT/$n.json" -o python_files="bench_*.py"
+  step "$n" "$n.log" env EFFNET_BENCH_QUICK=1 EFFNET_COMMIT="$COMMIT" "$PY" -P -m pytest -q \
+    -p no:cacheprovider "$b" --benchmark-only --benchmark-json="$OUT/$n.json" \
+    -o python_files="bench_*.py"
 done
+# Whole models against the baselines: B0 and B4, batch 1 and 256, fp16, every backend.
+step bench bench.log env EFFNET_COMMIT="$COMMIT" "$PY" -P -m effnet_kernels bench --quick \
+  --json "$OUT/bench.json"
 
 if [ $DRY = 0 ]; then
   "$PY" - "$OUT" "$COMMIT" "${FAILED[*]:-}" <<'PY'

@@ -1,7 +1,8 @@
-"""Command line: ``python -m effnet_kernels {info,demo}``.
+"""Command line: ``python -m effnet_kernels {info,demo,bench}``.
 
   info   how the compiled core was built, the devices, and the backends each can use
   demo   classify images with the real pretrained EfficientNet-Lite0 weights (top-5 + timing)
+  bench  benchmark whole models against the baselines (effnet_kernels/bench.py)
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def main(argv=None) -> int:
                     help=f"image files or scikit-image sample names (default: {' '.join(DEFAULT_IMAGES)})")
     pd.add_argument("--repeat", type=int, default=5, help="timed forwards per image (default 5)")
     pd.set_defaults(fn=cmd_demo)
+    from effnet_kernels import bench
+
+    bench.add_parser(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

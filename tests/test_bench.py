@@ -1,0 +1,266 @@
+"""The benchmark tooling: ``python -m effnet_kernels bench`` end to end on the CPU (tiny
+settings), roofline byte counts against hand computations, and the pytest-benchmark suite
+(collects, and one CPU case runs and records bytes/GB/s). Timings themselves are not tested."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import effnet_kernels as ek
+from effnet_kernels import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG_PARENT = str(Path(ek.__file__).resolve().parents[1])  # the effnet_kernels this test imports
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PKG_PARENT, env.get("PYTHONPATH")) if p)
+    env.pop("TRITON_INTERPRET", None)  # the benchmarks never use the interpreter
+    env.update(extra)
+    return env
+
+
+# ----------------------------------------------------------------------------- shapes, bytes
+def test_b0_depthwise_layers_match_the_stage_table():
+    # FACTS.md B0 table at 224: stem → 112; (expanded C, input H, k, stride), distinct only.
+    expected = [(32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 5, 2),
+                (240, 28, 5, 1), (240, 28, 3, 2), (480, 14, 3, 1), (480, 14, 5, 1),
+                (672, 14, 5, 1), (672, 14, 5, 2), (1152, 7, 5, 1), (1152, 7, 3, 1)]
+    layers = bench.dw_layers("efficientnet_b0")
+    assert [(d.c, d.h, d.k, d.stride) for d in layers] == expected
+    assert all(d.w == d.h and d.ho == (d.h + d.stride - 1) // d.stride for d in layers)
+    assert len(bench.dw_layers("efficientnet_b0", distinct=False)) == 16  # one per block
+    b7 = bench.dw_layers("efficientnet_b7")
+    assert (b7[0].c, b7[0].h) == (64, 300)  # stem 64 channels at 600/2
+
+
+def test_dwconv_bytes_and_flops_by_hand():
+    # B0 stage 2, first block: 96 channels, 112×112 → 56×56, 3×3 stride 2; batch 2, fp16.
+    d = bench.dw_layers("efficientnet_b0")[1]
+    assert (d.c, d.h, d.ho, d.k, d.stride) == (96, 112, 56, 3, 2)
+    x = 2 * 96 * 112 * 112 * 2
+    y = 2 * 96 * 56 * 56 * 2
+    wb = (96 * 9 + 96) * 2
+    pool = 2 * 96 * 4
+    assert bench.dwconv_bytes(2, d.c, d.h, d.w, d.ho, d.wo, d.k, 2) == x + y + wb + pool
+    assert bench.dwconv_bytes(2, d.c, d.h, d.w, d.ho, d.wo, d.k, 2, pool=False) == x + y + wb
+    assert bench.dwconv_flops(2, 96, 56, 56, 3) == 2 * 9 * 2 * 96 * 56 * 56
+
+
+def test_model_traffic_one_block_by_hand():
+    # B0 at 64×64: compare the traffic of the whole model with the same model minus one block
+    # (stage 2, block 1: 24 → 144 → 24 at 16×16, 3×3 s1, residual, SE 6), by hand.
+    ms = bench.model_shapes("efficientnet_b0", 64)
+    blk = ms.blocks[2]
+    assert (blk.stage, blk.index, blk.in_ch, blk.mid_ch, blk.out_ch, blk.se_ch, blk.h,
+            blk.residual) == (2, 1, 24, 144, 24, 6, 16, True)
+    full = bench.model_traffic(ms, elem_size=2)
+    without = bench.model_traffic(dataclasses.replace(ms, blocks=ms.blocks[:2] + ms.blocks[3:]),
+                                  elem_size=2)
+    hw = 16 * 16
+    kernel = 2 * (24 * hw + 144 * hw)  # expand: read x, write the expanded map
+    kernel += 2 * (144 * hw + 144 * hw)  # depthwise: read, write
+    kernel += 4 * 144 * 4  # pool written, read by the SE gate, gate written, read by project
+    kernel += 2 * (144 * hw + 24 * hw + 24 * hw)  # project: read, residual read, write
+    assert full["act_bytes_kernel"] - without["act_bytes_kernel"] == kernel
+    assert full["act_bytes_block"] - without["act_bytes_block"] == 2 * (24 * hw + 24 * hw)
+    params = (144 * 24 + 144) + (144 * 9 + 144) + (2 * 6 * 144 + 6 + 144) + (24 * 144 + 24)
+    assert full["weight_bytes"] - without["weight_bytes"] == 2 * params
+
+
+def test_model_traffic_matches_published_anchors():
+    t = bench.model_traffic("efficientnet_b0", elem_size=2)
+    # FACTS.md: B0@224 fp16, one kernel per op-group: ≈ 26 MB (MiB) of activations per image.
+    assert abs(t["act_bytes_kernel"] / 2**20 - 26.0) < 0.5
+    assert t["act_bytes_block"] < t["act_bytes_kernel"] / 4
+    # torchvision's GFLOPS (MAC-based): B0 0.386, B4 4.394, B7 37.746.
+    for name, gmac in (("efficientnet_b0", 0.386), ("efficientnet_b4", 4.394),
+                       ("efficientnet_b7", 37.746)):
+        assert abs(bench.model_traffic(name)["macs"] / 1e9 - gmac) < 0.001, name
+    floor = bench.floor_ms(t, 4, 1000.0)
+    assert floor == pytest.approx((4 * t["act_bytes_kernel"] + t["weight_bytes"]) / 1e9)
+
+
+# ----------------------------------------------------------------------------- the CLI
+def test_cli_bench_end_to_end(tmp_path):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    cmd = [sys.executable, "-m", "effnet_kernels", "bench", "--device", "cpu", "--models", "b0",
+           "--resolution", "64", "--batch", "1,2", "--dtype", "fp32", "--backends",
+           "eager,ours_cpu", "--min-time", "0.05", "--min-reps", "2", "--threads", "1",
+           "--copy-bytes", str(8 << 20), "--json", str(out)]
+    if _has("matplotlib"):
+        cmd += ["--plot", str(png)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                       env=_env(), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    for key in ("device", "commit", "torch", "cuda", "triton", "date", "results", "roofline",
+                "copy_gbps"):
+        assert key in doc, key
+    assert doc["device"].startswith("CPU")
+    assert doc["copy_gbps"] > 0
+    eager = [x for x in doc["results"] if x["backend"] == "eager"]
+    assert sorted(x["batch"] for x in eager) == [1, 2]
+    for x in doc["results"]:
+        assert set(x) >= {"model", "resolution", "batch", "dtype", "backend", "img_per_s",
+                          "ms_per_batch", "peak_mem_mb"}
+        assert (x["model"], x["resolution"], x["dtype"]) == ("efficientnet_b0", 64, "fp32")
+        assert x["img_per_s"] > 0 and x["ms_per_batch"] > 0
+        assert x["img_per_s"] * x["ms_per_batch"] == pytest.approx(1000 * x["batch"])
+        assert 0 < x["pct_of_floor_block"] < x["pct_of_floor_kernel"]  # the block floor is lower
+    ours = [x for x in doc["results"] if x["backend"] == "ours_cpu"]
+    if not hasattr(ek, "optimize"):  # until the fused model exists it is reported, not run
+        assert not ours
+        assert any(s["backend"] == "ours_cpu" and "optimize" in s["reason"]
+                   for s in doc["skipped"])
+        assert "not available: ours_cpu" in r.stdout
+    else:
+        assert len(ours) == 2
+    (roof,) = doc["roofline"]
+    t = bench.model_traffic("efficientnet_b0", 64, 4)
+    assert roof["act_mb_per_img_kernel"] == pytest.approx(t["act_bytes_kernel"] / 1e6)
+    assert "img/s" in r.stdout and "roofline efficientnet_b0@64" in r.stdout
+    if png.exists():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _has(mod):
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+def test_cli_unknown_backend_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--device", "cpu", "--backends", "eager,tensorrt"])
+    assert "unknown backend 'tensorrt'" in str(e.value)
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "efficientnet_b9"])
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    doc = tmp_path / "d.json"
+    doc.write_text(json.dumps({"results": []}))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--load", str(doc), "--plot", str(tmp_path / "x.png")])
+    assert "needs matplotlib" in str(e.value)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_progress_without_tqdm(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    bar = bench._progress(2, quiet=False)
+    bar.set_description_str("b0 eager")
+    bar.update(1)
+    bar.set_description_str("b0 compile")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "[1/2] b0 eager" in err and "[2/2] b0 compile" in err
+
+
+def _row(backend, dtype, batch, img_s):
+    return {"model": "efficientnet_b0", "resolution": 224, "batch": batch, "dtype": dtype,
+            "backend": backend, "img_per_s": img_s, "ms_per_batch": batch / img_s * 1e3,
+            "peak_mem_mb": 100.0}
+
+
+def test_speedups_and_table_of_a_gpu_run():
+    doc = {"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda", "commit": "abc1234",
+           "date": "2026-01-02", "copy_gbps": 3000.0, "results": [
+               _row("eager_fp32_nchw", "fp32", 256, 1000.0),
+               _row("eager_cudnn_fp16_cl", "fp16", 256, 4000.0),
+               _row("compile_default", "fp16", 256, 5000.0),
+               _row("ours_cuda", "fp16", 256, 10000.0),
+               _row("eager_cudnn_bf16_cl", "bf16", 256, 2000.0),
+               _row("ours_cuda", "bf16", 256, 8000.0),
+               _row("eager_fp32_nchw", "fp32", 1, 100.0)]}
+    rows = {(r["backend"], r["dtype"], r["batch"]): r["speedup"] for r in bench.speedups(doc)}
+    assert rows[("ours_cuda", "fp16", 256)] == {"eager_fp32_nchw": 10.0,
+                                                "eager_cudnn_fp16_cl": 2.5,
+                                                "compile_default": 2.0}
+    # bf16 is compared with the bf16 cuDNN baseline and the fp32 eager one, never with fp16
+    assert rows[("ours_cuda", "bf16", 256)] == {"eager_fp32_nchw": 8.0, "eager_cudnn_bf16_cl": 4.0}
+    assert rows[("eager_fp32_nchw", "fp32", 1)] == {}
+    bench.add_roofline(doc)
+    table = bench.format_table(doc)
+    assert "x eager_cudnn_fp16_cl" in table.splitlines()[0]
+    assert len(table.splitlines()) == 2 + len(doc["results"])
+    assert "% of the op-group floor" in bench.format_roofline(doc)
+    assert bench.result_filename(doc) == "2026-01-02-h100-80gb-hbm3-abc1234.json"
+    assert bench.result_filename({**doc, "device_type": "cpu", "cpu_count": 2}) == \
+        "2026-01-02-cpu2-abc1234.json"
+
+
+def test_cuda_event_clock_units():
+    """pytest-benchmark computes ``end - start``: GPU seconds from start's event to end's."""
+
+    class FakeEvent:
+        def __init__(self, ms):
+            self.ms, self.synced = ms, False
+
+        def synchronize(self):
+            self.synced = True
+
+        def elapsed_time(self, end):  # torch.cuda.Event: milliseconds from self to end
+            return end.ms - self.ms
+
+    start, end = bench._EventStamp(FakeEvent(1.0)), bench._EventStamp(FakeEvent(3.5))
+    assert end - start == pytest.approx(2.5e-3)
+    assert end.event.synced
+
+
+def test_backend_names():
+    assert bench.backend_name("eager_cudnn_cl", "fp16", False, "cuda") == "eager_cudnn_fp16_cl"
+    assert bench.backend_name("compile", "fp16", True, "cuda") == "compile_default"
+    assert bench.backend_name("compile", "fp16", False, "cuda") == "compile_max_autotune"
+    assert bench._parse_backends("eager_cudnn_fp16_cl,compile_default", "cuda", True) == \
+        ["eager_cudnn_cl", "compile"]
+    assert "compile" not in bench._parse_backends(None, "cpu", quick=True)
+    assert "compile" in bench._parse_backends(None, "cpu", quick=False)
+
+
+# ----------------------------------------------------------------------------- pytest-benchmark
+def _pytest(*args, **env):
+    # -P: import the effnet_kernels this test imported (PYTHONPATH), not the source tree in cwd
+    return subprocess.run([sys.executable, "-P", "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT, env=_env(**env),
+                          check=False)
+
+
+def test_benchmark_suite_collects():
+    r = _pytest("benchmarks", "--collect-only", "-q", EFFNET_BENCH_CPU="1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids = [line for line in r.stdout.splitlines() if "::" in line]
+    for f in ("bench_dwconv.py", "bench_bias_act.py", "bench_models.py"):
+        assert any(f in i for i in ids), f
+    cpu_dw = [i for i in ids if "test_dwconv_cpu[b0-" in i]
+    assert len(cpu_dw) == 12 * 3  # B0's 12 depthwise shapes × (ours_cpu, eager_nchw, eager_cl)
+    assert "benchmarks/bench_dwconv.py::test_dwconv_cpu[b0-C96_112x112_k3s2-n1-fp32-ours_cpu]" \
+        in ids
+
+
+def test_benchmark_case_records_bytes_and_bandwidth(tmp_path):
+    out = tmp_path / "b.json"
+    r = _pytest("benchmarks/bench_dwconv.py", "--benchmark-only", f"--benchmark-json={out}",
+                "-k", "test_dwconv_cpu and C1152_7x7_k3s1 and (eager_cl or ours_cpu)", "-q",
+                EFFNET_BENCH_CPU="1", EFFNET_BENCH_ROUNDS="2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    benches = doc["benchmarks"]
+    assert 1 <= len(benches) <= 2
+    for b in benches:
+        info = b["extra_info"]
+        assert info["bytes"] == bench.dwconv_bytes(1, 1152, 7, 7, 7, 7, 3, 4)
+        assert info["flops"] == bench.dwconv_flops(1, 1152, 7, 7, 3)
+        assert info["gbps"] == pytest.approx(info["bytes"] / b["stats"]["median"] / 1e9)
+        assert info["pct_copy_bw"] > 0 and info["copy_gbps"] > 0
+        assert b["group"] == "dwconv cpu b0 C1152_7x7_k3s1 n1 fp32"
+    assert doc["machine_info"]["effnet_kernels"]["copy_gbps"]["cpu"] > 0
