@@ -46,9 +46,12 @@ def extension_error() -> str | None:
     return _C_ERROR
 
 
+_CUDA_BUILT = _C is not None and bool(_C.build_info()["has_cuda"])
+
+
 def cuda_kernels_built() -> bool:
     """True when ``_C`` was compiled with its CUDA sources."""
-    return _C is not None and bool(_C.build_info()["has_cuda"])
+    return _CUDA_BUILT
 
 
 def triton_interpreting() -> bool:
@@ -62,9 +65,19 @@ def triton_importable() -> bool:
     return _TRITON_FOUND
 
 
+_AVAILABLE: dict[tuple[str, bool], tuple[str, ...]] = {}
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run ops on tensors of ``device``, best first (excluding "auto")."""
     device = torch.device(device)
+    key = (device.type, triton_interpreting())
+    if key not in _AVAILABLE:  # fixed for the process: computed once per device type
+        _AVAILABLE[key] = tuple(_available_backends(device))
+    return list(_AVAILABLE[key])
+
+
+def _available_backends(device: torch.device) -> list[str]:
     out = []
     if device.type == "cuda":
         if cuda_kernels_built():

@@ -1,7 +1,8 @@
 // CPU implementation of effnet::bias_act (see bias_act.h for the contract).
 //
 // Layout: NHWC, so each of the N*H*W rows is C contiguous values that share the bias vector.
-// Parallel over rows (at::parallel_for); each row is processed in at::vec float vectors with a
+// Parallel over rows (at::parallel_for); float rows go through the AVX2 intrinsics epilogue of
+// cpu_math.h when the CPU has AVX2, otherwise (and for reduced precision) at::vec float vectors with a
 // scalar tail, reduced-precision inputs widened to float32 on load.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -9,6 +10,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../common/cpu_math.h"
 #include "../common/dispatch.h"
 #include "bias_act.h"
 
@@ -54,6 +56,16 @@ void row_reduced(const T* x, const T* b, T* y, int64_t C) {
   }
 }
 
+template <Act A>
+C10_NOINLINE EFFNET_TARGET_AVX2 void row_float_avx2(const float* x, const float* b, float* y,
+                                                    int64_t C) {
+#if EFFNET_HAVE_AVX2_BUILD
+  cpu::bias_act_row_avx2<A, false, true>(x, b, nullptr, y, nullptr, C);
+#else
+  row_float<A>(x, b, y, C);
+#endif
+}
+
 }  // namespace
 
 at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& bias, const std::string& act) {
@@ -66,6 +78,7 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& bias, const std::
   if (rows == 0) return y;
   // Enough rows per task that a task moves at least ~32 KiB.
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1));
+  const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::has_avx2_fma();
   EFFNET_DISPATCH_FLOAT_TYPES(x.scalar_type(), "bias_act_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
@@ -75,7 +88,11 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& bias, const std::
       at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           if constexpr (std::is_same_v<scalar_t, float>) {
-            row_float<A>(xp + r * C, bp, yp + r * C, C);
+            if (avx2) {
+              row_float_avx2<A>(xp + r * C, bp, yp + r * C, C);
+            } else {
+              row_float<A>(xp + r * C, bp, yp + r * C, C);
+            }
           } else {
             row_reduced<scalar_t, A>(xp + r * C, bp, yp + r * C, C);
           }

@@ -102,6 +102,33 @@ EFFNET_TARGET_AVX2 inline __m256 act256(__m256 v) {
   }
 }
 
+// For one row of n float32 values: v = act(a[j] + bias[j]) (+ res[j] when RES); then
+// y[j] = v (STORE) or psum[j] += v. The fused epilogue of bias_act and pointwise_conv.
+template <Act A, bool RES, bool STORE>
+EFFNET_TARGET_AVX2 inline void bias_act_row_avx2(const float* a, const float* bias,
+                                                 const float* res, float* y, float* psum,
+                                                 int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 v = act256<A>(_mm256_add_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(bias + j)));
+    if constexpr (RES) v = _mm256_add_ps(v, _mm256_loadu_ps(res + j));
+    if constexpr (STORE) {
+      _mm256_storeu_ps(y + j, v);
+    } else {
+      _mm256_storeu_ps(psum + j, _mm256_add_ps(_mm256_loadu_ps(psum + j), v));
+    }
+  }
+  for (; j < n; ++j) {
+    float v = act_vec<A>(a[j] + bias[j]);
+    if constexpr (RES) v += res[j];
+    if constexpr (STORE) {
+      y[j] = v;
+    } else {
+      psum[j] += v;
+    }
+  }
+}
+
 }  // namespace effnet::cpu
 #endif
 

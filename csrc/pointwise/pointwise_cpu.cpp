@@ -45,6 +45,12 @@ C10_NOINLINE void epilogue_base(const float* acc, const float* bias, const T* re
 template <typename T, Act A, bool RES, bool STORE>
 C10_NOINLINE EFFNET_TARGET_AVX2 void epilogue_avx2(const float* acc, const float* bias,
                                                    const T* res, T* y, float* psum, int64_t n) {
+#if EFFNET_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {  // the hot case, in intrinsics
+    cpu::bias_act_row_avx2<A, RES, STORE>(acc, bias, res, y, psum, n);
+    return;
+  }
+#endif
   epilogue_body<T, A, RES, STORE>(acc, bias, res, y, psum, n);
 }
 
