@@ -87,20 +87,31 @@ def cmd_demo(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     model.eval()
+    import effnet_kernels as ek
+
+    fused = ek.optimize(model, backend=args.backend)
     images = args.images or list(DEFAULT_IMAGES)
-    print(f"EfficientNet-Lite0, real ImageNet weights, eager PyTorch on CPU "
-          f"({torch.get_num_threads()} threads)")
+    print(f"EfficientNet-Lite0, real ImageNet weights, on CPU ({torch.get_num_threads()} threads): "
+          f"eager PyTorch vs ek.optimize (backends {fused.backends})")
+
+    def timed(f, x):
+        t0 = time.perf_counter()
+        for _ in range(args.repeat):
+            out = f(x)
+        return out, (time.perf_counter() - t0) * 1e3 / args.repeat
+
     with torch.inference_mode():
-        model(torch.zeros(1, 3, 224, 224))  # warm-up
+        for f in (model, fused):  # warm-up
+            f(torch.zeros(1, 3, 224, 224))
         for name in images:
             x = imagenet_preprocess(_load_image(name))
-            t0 = time.perf_counter()
-            for _ in range(args.repeat):
-                logits = model(x)
-            ms = (time.perf_counter() - t0) * 1e3 / args.repeat
-            probs = logits.softmax(-1)[0]
+            logits, ms = timed(model, x)
+            logits_f, ms_f = timed(fused, x)
+            probs = logits_f.float().softmax(-1)[0]
             top = probs.topk(5)
-            print(f"\n{name}: {ms:.1f} ms/image")
+            same = "same top-1" if logits.argmax() == logits_f.argmax() else "TOP-1 DIFFERS"
+            print(f"\n{name}: eager {ms:.1f} ms/image, optimized {ms_f:.1f} ms/image "
+                  f"({ms / ms_f:.2f}x, {same})")
             for p, i in zip(top.values.tolist(), top.indices.tolist()):
                 print(f"  {p:6.3f}  {LABELS[i]}")
     return 0
@@ -117,6 +128,8 @@ def main(argv=None) -> int:
     pd.add_argument("images", nargs="*",
                     help=f"image files or scikit-image sample names (default: {' '.join(DEFAULT_IMAGES)})")
     pd.add_argument("--repeat", type=int, default=5, help="timed forwards per image (default 5)")
+    pd.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch"],
+                    help="backend of the optimized model (default: auto = best available)")
     pd.set_defaults(fn=cmd_demo)
     from effnet_kernels import bench
 
