@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import HAS_GPU, assert_close_to_ref, rel_err
+from test_pointwise_se import make_se as _make_se
 from effnet_kernels import ops, reference
 
 pytest.importorskip("triton")
@@ -26,13 +27,7 @@ def _d(t):
 
 # ----------------------------------------------------------------------------- se_gate
 def make_se(N, C, S, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pooled = torch.randn(N, C, generator=g)
-    w1 = (torch.randn(S, C, generator=g) / C ** 0.5).to(dtype)
-    b1 = torch.randn(S, generator=g).to(dtype)
-    w2 = (torch.randn(C, S, generator=g) / S ** 0.5).to(dtype)
-    b2 = torch.randn(C, generator=g).to(dtype)
-    return [t.to(DEV) for t in (pooled, w1, b1, w2, b2)]
+    return _make_se(N, C, S, dtype, DEV, seed)
 
 
 def check_se(gate, pooled, w1, b1, w2, b2):

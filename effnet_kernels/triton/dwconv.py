@@ -52,6 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tuning import least_padded
 from .bias_act import ACT_CODES, _act
 
 _UNROLL_K_MAX = tl.constexpr(7)  # taps fully unrolled up to this k; beyond it kh is a runtime loop
@@ -88,16 +89,7 @@ def _prune_configs(configs, nargs, **kwargs):
             if c.kwargs["BLOCK_C"] <= max(32, triton.next_power_of_2(C))
             and c.kwargs["BLOCK_W"] <= max(4, triton.next_power_of_2(Wo))
             and c.kwargs["BLOCK_H"] <= max(1, triton.next_power_of_2(Ho))]
-    if kept:
-        return kept
-
-    def padded(c):
-        m = c.kwargs
-        return (triton.cdiv(C, m["BLOCK_C"]) * m["BLOCK_C"] * triton.cdiv(Ho, m["BLOCK_H"])
-                * m["BLOCK_H"] * triton.cdiv(Wo, m["BLOCK_W"]) * m["BLOCK_W"])
-
-    least = min(padded(c) for c in configs)
-    return [c for c in configs if padded(c) == least]
+    return kept or least_padded(configs, {"BLOCK_C": C, "BLOCK_H": Ho, "BLOCK_W": Wo})
 
 
 @triton.jit

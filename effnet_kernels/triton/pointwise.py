@@ -68,6 +68,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tuning import least_padded
 from .bias_act import ACT_CODES, _act
 
 _GROUP_M = 8
@@ -111,16 +112,8 @@ def _prune_configs(configs, nargs, **kwargs):
     kept = [c for c in configs
             if c.kwargs["BLOCK_M"] <= cap(M) and c.kwargs["BLOCK_N"] <= cap(Cout)
             and c.kwargs["BLOCK_K"] <= cap(Cin)]
-    if kept:
-        return kept
-
-    def padded(c):
-        m = c.kwargs
-        return (triton.cdiv(M, m["BLOCK_M"]) * m["BLOCK_M"] * triton.cdiv(Cout, m["BLOCK_N"])
-                * m["BLOCK_N"] * triton.cdiv(max(Cin, 1), m["BLOCK_K"]) * m["BLOCK_K"])
-
-    least = min(padded(c) for c in configs)
-    return [c for c in configs if padded(c) == least]
+    return kept or least_padded(configs, {"BLOCK_M": M, "BLOCK_N": Cout,
+                                          "BLOCK_K": max(Cin, 1)})
 
 
 @triton.autotune(configs=_configs(), key=["M_BUCKET", "Cout", "Cin", "HAS_GATE", "HAS_RES", "POOL"],
