@@ -385,6 +385,8 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
             raise RuntimeError(f"{op}: residual is on {residual.device} but x is on {x.device}")
         if not residual.is_contiguous(memory_format=torch.channels_last):
             raise ValueError(f"{op}: residual must be channels_last contiguous")
+    if pool_only and H * W == 0:
+        raise ValueError(f"{op}: pool_only needs a non-empty spatial size, got {H}x{W}")
     b = _resolve_for_op(op, backend, x.device)
     if b == "cpu":
         return torch.ops.effnet.pointwise_conv(x, w, bias, act, gate, residual, pool_only)

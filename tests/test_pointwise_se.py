@@ -171,6 +171,8 @@ def test_pointwise_bad_input(backend):
         f(x, w, b, "gelu")
     with pytest.raises(ValueError, match="channels_last"):
         f(x.contiguous(), w, b)
+    with pytest.raises(ValueError, match="non-empty spatial"):
+        f(x[:, :, :0].contiguous(memory_format=torch.channels_last), w, b, pool_only=True)
     with pytest.raises(RuntimeError, match="no 'cuda' implementation|not available"):
         ops.pointwise_conv(x, w, b, backend="cuda")
 
