@@ -29,26 +29,9 @@ def act_shapes(model: str) -> list[tuple[int, int, int]]:
     return list(dict.fromkeys(shapes))
 
 
-def _sid(model, c, h, w, batch, dt):
+def _sid(model, shape, batch, dt):
+    c, h, w = shape
     return f"{model.replace('efficientnet_', '')}-C{c}_{h}x{w}-n{batch}-{bu.dtype_id(dt)}"
-
-
-def _gpu_cases():
-    if not bu.HAS_GPU:
-        return [pytest.param(None, marks=pytest.mark.skip(reason="no CUDA GPU visible: the GPU "
-                                                          "cases are not generated"))]
-    return [pytest.param((m, s, b, dt), id=_sid(m, *s, b, dt))
-            for m in bu.gpu_models() for s in act_shapes(m) for b in bu.gpu_batches(m)
-            for dt in bu.gpu_dtypes()]
-
-
-def _cpu_cases():
-    if not bu.run_cpu_cases():
-        return [pytest.param(None, marks=pytest.mark.skip(
-            reason="GPU machine: CPU cases run only with EFFNET_BENCH_CPU=1"))]
-    return [pytest.param(("efficientnet_b0", s, 1, torch.float32),
-                         id=_sid("efficientnet_b0", *s, 1, torch.float32))
-            for s in act_shapes("efficientnet_b0")]
 
 
 def _run(benchmark, case, impl, device, copy_gbps):
@@ -56,7 +39,7 @@ def _run(benchmark, case, impl, device, copy_gbps):
     if impl.startswith("ours_"):
         bu.skip_unless_backend(impl[len("ours_"):], device)
     benchmark.group = (f"bias_act {'cpu ' if device.type == 'cpu' else ''}"
-                       f"{_sid(model, C, H, W, batch, dtype).replace('-', ' ')}")
+                       f"{_sid(model, (C, H, W), batch, dtype).replace('-', ' ')}")
     es = torch.finfo(dtype).bits // 8
     numel = batch * C * H * W
     xs = [(torch.randn(batch, C, H, W, device=device, dtype=dtype).contiguous(memory_format=CL),)
@@ -86,12 +69,12 @@ def _run(benchmark, case, impl, device, copy_gbps):
 
 
 @pytest.mark.parametrize("impl", ("ours_cuda", "ours_triton", "eager"))
-@pytest.mark.parametrize("case", _gpu_cases())
+@pytest.mark.parametrize("case", bu.gpu_cases(act_shapes, _sid))
 def test_bias_act_gpu(benchmark, case, impl, gpu_copy_gbps):
     _run(benchmark, case, impl, torch.device("cuda"), gpu_copy_gbps)
 
 
 @pytest.mark.parametrize("impl", ("ours_cpu", "eager"))
-@pytest.mark.parametrize("case", _cpu_cases())
+@pytest.mark.parametrize("case", bu.cpu_cases(act_shapes, _sid))
 def test_bias_act_cpu(benchmark, case, impl, cpu_copy_gbps):
     _run(benchmark, case, impl, torch.device("cpu"), cpu_copy_gbps)

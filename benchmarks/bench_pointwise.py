@@ -41,24 +41,6 @@ def _sid(model, s, batch, dt):
             f"{bu.dtype_id(dt)}")
 
 
-def _gpu_cases():
-    if not bu.HAS_GPU:
-        return [pytest.param(None, marks=pytest.mark.skip(reason="no CUDA GPU visible: the GPU "
-                                                          "cases are not generated"))]
-    return [pytest.param((m, s, b, dt), id=_sid(m, s, b, dt))
-            for m in bu.gpu_models() for s in pw_shapes(m) for b in bu.gpu_batches(m)
-            for dt in bu.gpu_dtypes()]
-
-
-def _cpu_cases():
-    if not bu.run_cpu_cases():
-        return [pytest.param(None, marks=pytest.mark.skip(
-            reason="GPU machine: CPU cases run only with EFFNET_BENCH_CPU=1"))]
-    m = "efficientnet_b0"
-    return [pytest.param((m, s, 1, torch.float32), id=_sid(m, s, 1, torch.float32))
-            for s in pw_shapes(m)]
-
-
 def _run(benchmark, case, impl, device, copy_gbps):
     model, s, batch, dtype = case
     kind, cin, cout, h, w, has_gate, has_res, pool_only, act = s
@@ -118,12 +100,12 @@ def _run(benchmark, case, impl, device, copy_gbps):
 
 
 @pytest.mark.parametrize("impl", ("ours_triton", "eager"))
-@pytest.mark.parametrize("case", _gpu_cases())
+@pytest.mark.parametrize("case", bu.gpu_cases(pw_shapes, _sid))
 def test_pointwise_gpu(benchmark, case, impl, gpu_copy_gbps):
     _run(benchmark, case, impl, torch.device("cuda"), gpu_copy_gbps)
 
 
 @pytest.mark.parametrize("impl", ("ours_cpu", "eager"))
-@pytest.mark.parametrize("case", _cpu_cases())
+@pytest.mark.parametrize("case", bu.cpu_cases(pw_shapes, _sid))
 def test_pointwise_cpu(benchmark, case, impl, cpu_copy_gbps):
     _run(benchmark, case, impl, torch.device("cpu"), cpu_copy_gbps)

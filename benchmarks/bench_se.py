@@ -23,26 +23,9 @@ def se_shapes(model: str) -> list[tuple[int, int]]:
                               if b.se_ch > 0))
 
 
-def _sid(model, c, s, batch, dt):
+def _sid(model, shape, batch, dt):
+    c, s = shape
     return f"{model.replace('efficientnet_', '')}-C{c}_S{s}-n{batch}-{bu.dtype_id(dt)}"
-
-
-def _gpu_cases():
-    if not bu.HAS_GPU:
-        return [pytest.param(None, marks=pytest.mark.skip(reason="no CUDA GPU visible: the GPU "
-                                                          "cases are not generated"))]
-    return [pytest.param((m, cs, b, dt), id=_sid(m, *cs, b, dt))
-            for m in bu.gpu_models() for cs in se_shapes(m) for b in bu.gpu_batches(m)
-            for dt in bu.gpu_dtypes()]
-
-
-def _cpu_cases():
-    if not bu.run_cpu_cases():
-        return [pytest.param(None, marks=pytest.mark.skip(
-            reason="GPU machine: CPU cases run only with EFFNET_BENCH_CPU=1"))]
-    m = "efficientnet_b0"
-    return [pytest.param((m, cs, 1, torch.float32), id=_sid(m, *cs, 1, torch.float32))
-            for cs in se_shapes(m)]
 
 
 def _run(benchmark, case, impl, device, copy_gbps):
@@ -50,7 +33,7 @@ def _run(benchmark, case, impl, device, copy_gbps):
     if impl.startswith("ours_"):
         bu.skip_unless_backend(impl[len("ours_"):], device)
     benchmark.group = f"se_gate {'cpu ' if device.type == 'cpu' else ''}" + \
-        _sid(model, C, S, batch, dtype).replace("-", " ")
+        _sid(model, (C, S), batch, dtype).replace("-", " ")
     es = torch.finfo(dtype).bits // 8
     nbytes = 2 * batch * C * 4 + es * (2 * C * S + C + S)
     pools = [(torch.randn(batch, C, device=device),) for _ in range(bu.n_copies(batch * C * 4,
@@ -83,12 +66,12 @@ def _run(benchmark, case, impl, device, copy_gbps):
 
 
 @pytest.mark.parametrize("impl", ("ours_cuda", "ours_triton", "eager"))
-@pytest.mark.parametrize("case", _gpu_cases())
+@pytest.mark.parametrize("case", bu.gpu_cases(se_shapes, _sid))
 def test_se_gate_gpu(benchmark, case, impl, gpu_copy_gbps):
     _run(benchmark, case, impl, torch.device("cuda"), gpu_copy_gbps)
 
 
 @pytest.mark.parametrize("impl", ("ours_cpu", "eager"))
-@pytest.mark.parametrize("case", _cpu_cases())
+@pytest.mark.parametrize("case", bu.cpu_cases(se_shapes, _sid))
 def test_se_gate_cpu(benchmark, case, impl, cpu_copy_gbps):
     _run(benchmark, case, impl, torch.device("cpu"), cpu_copy_gbps)

@@ -178,3 +178,24 @@ def skip_unless_backend(backend: str, device: torch.device) -> None:
 
 def dtype_id(dt: torch.dtype) -> str:
     return DTYPE_NAMES[dt]
+
+
+def gpu_cases(shapes, sid):
+    """pytest params ``(model, shape, batch, dtype)`` for every GPU model × ``shapes(model)`` ×
+    batch × dtype of the run mode, ids from ``sid(model, shape, batch, dtype)``; one skipped
+    param (with the reason) when no GPU is visible."""
+    if not HAS_GPU:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="no CUDA GPU visible: the GPU "
+                                                          "cases are not generated"))]
+    return [pytest.param((m, s, b, dt), id=sid(m, s, b, dt))
+            for m in gpu_models() for s in shapes(m) for b in gpu_batches(m)
+            for dt in gpu_dtypes()]
+
+
+def cpu_cases(shapes, sid, model: str = "efficientnet_b0"):
+    """pytest params for the CPU smoke cases: ``model``'s shapes, batch 1, fp32."""
+    if not run_cpu_cases():
+        return [pytest.param(None, marks=pytest.mark.skip(
+            reason="GPU machine: CPU cases run only with EFFNET_BENCH_CPU=1"))]
+    return [pytest.param((model, s, 1, torch.float32), id=sid(model, s, 1, torch.float32))
+            for s in shapes(model)]
