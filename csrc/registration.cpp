@@ -33,6 +33,20 @@ TORCH_LIBRARY(effnet, m) {
   m.def(
       "pointwise_conv(Tensor x, Tensor weight, Tensor bias, str act, Tensor? gate, "
       "Tensor? residual, bool pool_only) -> Tensor");
+  // INT8 ops (exact contract: effnet_kernels/reference.py, "INT8"). Activations int8 with one
+  // (scale, zero point) per tensor; weights int8 symmetric per output channel; scale[c] =
+  // s_in * s_w[c] and bias[c] float32; outputs requantised to (1 / out_inv_scale, out_zp).
+  // Depthwise: returns (y int8 channels_last, pool) with pool the float32 (N, C) mean of the
+  // activated float values when return_pool, else an empty (0,) tensor.
+  m.def(
+      "dwconv_int8(Tensor x, Tensor weight, Tensor scale, Tensor bias, int stride, int[] padding, "
+      "int in_zp, float out_inv_scale, int out_zp, str act, bool return_pool) -> (Tensor, Tensor)");
+  // 1x1 conv: int8 x (N, Cin, H, W), weight (Cout, Cin) int8, gate (N, Cin) float32 applied to
+  // x in its own quantisation, residual int8 with (res_scale, res_zp); pool_only: float32 mean.
+  m.def(
+      "pointwise_int8(Tensor x, Tensor weight, Tensor scale, Tensor bias, int in_zp, "
+      "float out_inv_scale, int out_zp, str act, Tensor? gate, Tensor? residual, float res_scale, "
+      "int res_zp, bool pool_only) -> Tensor");
 }
 
 namespace effnet {

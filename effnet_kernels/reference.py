@@ -101,3 +101,111 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     if pool_only:
         return v.mean(dim=(2, 3)).to(torch.float64 if ct == torch.float64 else torch.float32)
     return v.to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------- INT8
+# The exact integer reference of the INT8 ops (the oracle for their CUDA and Triton kernels, and
+# the "torch" backend of ek.quantize). Conventions, shared by every implementation:
+#
+# * An activation tensor is int8 with one (scale, zero point) per tensor: real = scale·(q − zp),
+#   −128 ≤ zp ≤ 127. Real 0 is exactly zp, so zero padding is "skip the tap".
+# * A weight is int8, symmetric per output channel (depthwise: per channel), in [−127, 127]; the
+#   ops take ``scale[c] = s_in · s_w[c]`` (float32), so dequantising an int32 accumulator is one
+#   multiply.
+# * requantise(v) = clamp(floor(v · inv_scale + 0.5) + zp, −128, 127), v and inv_scale float32,
+#   each step rounded to float32 in this order (round half up, not half to even).
+# * Accumulation is exact: the integer products Σ (q − zp)·w are computed here in float64
+#   (exact: every partial sum is an integer below 2⁵³) and converted to int32; kernels use int32.
+#   Everything after the accumulator (scale, bias, act, residual, requantise, pool) is float32.
+#   A kernel whose float32 epilogue contracts a multiply-add into an FMA can differ from this
+#   reference by one step of rounding at exact ties: kernels must match it within 1 LSB.
+#
+# Inputs are assumed validated (effnet_kernels.ops checks them).
+QMIN, QMAX = -128, 127
+
+
+def requantize(v: torch.Tensor, inv_scale: float, zp: int) -> torch.Tensor:
+    """int8 clamp(floor(v·inv_scale + 0.5) + zp, −128, 127) of float32 ``v`` (layout kept)."""
+    t = torch.floor(v.float() * torch.tensor(inv_scale, dtype=torch.float32) + 0.5)
+    return (t + zp).clamp_(QMIN, QMAX).to(torch.int8)
+
+
+def quantize_per_tensor(x: torch.Tensor, inv_scale: float, zp: int) -> torch.Tensor:
+    """Float x → int8 with ``requantize`` (channels_last when x is 4-D)."""
+    q = requantize(x, inv_scale, zp)
+    return q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 else q
+
+
+def dequantize(q: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+    """float32 scale·(q − zp)."""
+    return (q.to(torch.int32) - zp).float() * torch.tensor(scale, dtype=torch.float32)
+
+
+def _int_acc(t: torch.Tensor) -> torch.Tensor:
+    """An exactly-integer float64 accumulator as float32 via int32 (exact below 2³¹)."""
+    return t.round().to(torch.int32).float()
+
+
+def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                stride: int, padding, in_zp: int, out_inv_scale: float, out_zp: int,
+                act: str = "silu", return_pool: bool = False):
+    """INT8 depthwise k×k conv + bias + act + requantise (+ the SE pool).
+
+    x int8 (N, C, H, W) channels_last with zero point ``in_zp``; weight int8 (C, 1, k, k);
+    scale, bias float32 (C,)::
+
+        acc[n, c, p] = Σ_{taps inside the image} (x − in_zp) · w            (int32, exact)
+        a = act(acc · scale[c] + bias[c])                                   (float32)
+        y = requantize(a, out_inv_scale, out_zp)                            (int8, channels_last)
+        pool[n, c] = mean over p of a                                       (float32)
+
+    Returns y, or (y, pool) with ``return_pool``.
+    """
+    k = weight.shape[-1]
+    left, right, top, bottom = normalize_padding(padding, k)
+    xc = F.pad(x.to(torch.float64) - in_zp, (left, right, top, bottom))  # padding: real 0
+    acc = F.conv2d(xc, weight.to(torch.float64), None, stride=stride, groups=x.shape[1])
+    v = _int_acc(acc) * scale.float().view(1, -1, 1, 1) + bias.float().view(1, -1, 1, 1)
+    a = apply_act(v, act)
+    y = requantize(a, out_inv_scale, out_zp).contiguous(memory_format=torch.channels_last)
+    if not return_pool:
+        return y
+    return y, a.mean(dim=(2, 3))
+
+
+def gate_int8(x: torch.Tensor, gate: torch.Tensor, zp: int) -> torch.Tensor:
+    """The SE gate applied to int8 x in its own quantisation (same scale and zero point):
+    clamp(floor((x − zp)·gate[n, c] + 0.5) + zp, −128, 127). gate (N, C) float32 in [0, 1]."""
+    t = torch.floor((x.to(torch.int32) - zp).float() * gate.float()[:, :, None, None] + 0.5)
+    return (t + zp).clamp_(QMIN, QMAX).to(torch.int8)
+
+
+def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                   bias: torch.Tensor, in_zp: int, out_inv_scale: float, out_zp: int,
+                   act: str = "identity", gate: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, res_scale: float = 1.0,
+                   res_zp: int = 0, pool_only: bool = False) -> torch.Tensor:
+    """INT8 1×1 conv as a GEMM with the SE gate prologue and a requantising epilogue.
+
+    x int8 (N, Cin, H, W) channels_last (zero point ``in_zp``); weight int8 (Cout, Cin) (or
+    (Cout, Cin, 1, 1)); scale, bias float32 (Cout,); gate float32 (N, Cin) or None; residual
+    int8 (N, Cout, H, W) channels_last with (res_scale, res_zp) or None::
+
+        xg = gate_int8(x, gate, in_zp) if gate is given else x                 (int8)
+        acc[m, co] = Σ_ci (xg − in_zp) · w[co, ci]                             (int32, exact)
+        a = act(acc · scale[co] + bias[co]) + res_scale · (residual − res_zp)  (float32)
+        y = requantize(a, out_inv_scale, out_zp)                               (int8)
+
+    Returns y (N, Cout, H, W) channels_last, or with ``pool_only`` the float32 (N, Cout)
+    spatial mean of ``a`` (out_inv_scale / out_zp unused).
+    """
+    xg = gate_int8(x, gate, in_zp) if gate is not None else x
+    w = weight.reshape(weight.shape[0], -1).to(torch.float64)
+    acc = F.conv2d(xg.to(torch.float64) - in_zp, w[:, :, None, None])
+    a = apply_act(_int_acc(acc) * scale.float().view(1, -1, 1, 1)
+                  + bias.float().view(1, -1, 1, 1), act)
+    if residual is not None:
+        a = a + dequantize(residual, res_scale, res_zp)
+    if pool_only:
+        return a.mean(dim=(2, 3))
+    return requantize(a, out_inv_scale, out_zp).contiguous(memory_format=torch.channels_last)
