@@ -395,3 +395,211 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
         return tp.pointwise_conv(x, w, bias, act, gate, residual, pool_only)
     return reference.pointwise_conv(x, w, bias, act, gate, residual, pool_only)
+
+
+# ----------------------------------------------------------------------------- INT8 ops
+# Contract and exact arithmetic: reference.py ("INT8"). Backends: dwconv_int8 has CUDA, Triton
+# and the torch reference; pointwise_int8 Triton and the torch reference; there are no CPU (csrc)
+# int8 kernels: on CPU tensors "auto" is the torch reference (the integer oracle).
+_OP_BACKENDS.update({
+    "dwconv_int8": ("cuda", "triton", "torch"),
+    "pointwise_int8": ("triton", "torch"),
+    "quantize_per_tensor": ("torch",),
+})
+
+
+def _resolve_int8(op: str, backend: str, device: torch.device) -> str:
+    if backend == "auto" and device.type == "cpu":
+        return "torch"
+    return _resolve_for_op(op, backend, device)
+
+
+def _check_int8_nhwc(x, op: str, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype != torch.int8:
+        raise TypeError(f"{op}: {name} must be int8, got {x.dtype}")
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"{op}: {name} must be channels_last contiguous "
+                         "(use x.contiguous(memory_format=torch.channels_last))")
+
+
+def _check_zp(zp, op: str, name: str) -> int:
+    if isinstance(zp, bool) or not isinstance(zp, int) or not -128 <= zp <= 127:
+        raise ValueError(f"{op}: {name} must be an int in [-128, 127], got {zp!r}")
+    return zp
+
+
+def _check_inv_scale(v, op: str, name: str) -> float:
+    """A finite float > 0 (an inverse scale or a scale)."""
+    import math
+
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{op}: {name} must be a finite float > 0, got {v!r}")
+    return float(v)
+
+
+def _check_qvec(v, n: int, op: str, name: str, device) -> None:
+    _check_vector(v, n, op, name, torch.float32, device)
+
+
+if _C is not None and hasattr(torch.ops.effnet, "dwconv_int8"):
+
+    @torch.library.register_fake("effnet::dwconv_int8")
+    def _dwconv_int8_fake(x, weight, scale, bias, stride, padding, in_zp, out_inv_scale, out_zp,
+                          act, return_pool):
+        N, C, H, W = x.shape
+        Ho, Wo = dwconv_out_size(H, W, weight.shape[-1], stride, padding)
+        y = x.new_empty((N, C, Ho, Wo)).contiguous(memory_format=torch.channels_last)
+        pool = x.new_empty((N, C) if return_pool else (0,), dtype=torch.float32)
+        return y, pool
+
+    @torch.library.register_fake("effnet::pointwise_int8")
+    def _pointwise_int8_fake(x, weight, scale, bias, in_zp, out_inv_scale, out_zp, act, gate,
+                             residual, res_scale, res_zp, pool_only):
+        N, _, H, W = x.shape
+        if pool_only:
+            return x.new_empty((N, weight.shape[0]), dtype=torch.float32)
+        return x.new_empty((N, weight.shape[0], H, W)).contiguous(memory_format=torch.channels_last)
+
+    # The CPU kernels of the two schemas are the integer reference (so the dispatcher ops exist
+    # on CPU tensors too, and opcheck runs without a GPU).
+    @torch.library.impl("effnet::dwconv_int8", "CPU")
+    def _dwconv_int8_cpu(x, weight, scale, bias, stride, padding, in_zp, out_inv_scale, out_zp,
+                         act, return_pool):
+        out = reference.dwconv_int8(x, weight, scale, bias, stride, tuple(padding), in_zp,
+                                    out_inv_scale, out_zp, act, return_pool)
+        if return_pool:
+            return out
+        return out, x.new_empty((0,), dtype=torch.float32)
+
+    @torch.library.impl("effnet::pointwise_int8", "CPU")
+    def _pointwise_int8_cpu(x, weight, scale, bias, in_zp, out_inv_scale, out_zp, act, gate,
+                            residual, res_scale, res_zp, pool_only):
+        return reference.pointwise_int8(x, weight, scale, bias, in_zp, out_inv_scale, out_zp,
+                                        act, gate, residual, res_scale, res_zp, pool_only)
+
+
+def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                stride: int = 1, padding=None, in_zp: int = 0, out_inv_scale: float = 1.0,
+                out_zp: int = 0, act: str = "silu", return_pool: bool = False, *,
+                backend: str = "auto"):
+    """INT8 depthwise k×k conv + bias + act + requantise (+ the SE pool), see
+    ``reference.dwconv_int8``: x int8 channels_last (zero point ``in_zp``), weight int8
+    (C, 1, k, k), scale = s_in·s_w[c] and bias float32 (C,); output int8 channels_last in
+    (1/out_inv_scale, out_zp); with ``return_pool`` also the float32 (N, C) mean of the float
+    activated values."""
+    op = "dwconv_int8"
+    _check_int8_nhwc(x, op)
+    C = x.shape[1]
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[0] != C \
+            or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3]:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{op}: weight must have shape ({C}, 1, k, k), got {shape}")
+    k = weight.shape[-1]
+    if k % 2 == 0:
+        raise ValueError(f"{op}: kernel size must be odd, got {k}")
+    if weight.dtype != torch.int8:
+        raise TypeError(f"{op}: weight must be int8, got {weight.dtype}")
+    if weight.device != x.device:
+        raise RuntimeError(f"{op}: weight is on {weight.device} but x is on {x.device}")
+    _check_qvec(scale, C, op, "scale", x.device)
+    _check_qvec(bias, C, op, "bias", x.device)
+    _check_act(act, op)
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
+    pads = reference.normalize_padding(padding, k)
+    if any(p < 0 or p >= k for p in pads):
+        raise ValueError(f"{op}: each padding must be in [0, k-1] = [0, {k - 1}], got {pads}")
+    Ho, Wo = dwconv_out_size(x.shape[2], x.shape[3], k, stride, pads)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: input {tuple(x.shape[2:])} with padding {pads} is smaller than "
+                         f"the {k}x{k} kernel")
+    in_zp, out_zp = _check_zp(in_zp, op, "in_zp"), _check_zp(out_zp, op, "out_zp")
+    out_inv_scale = _check_inv_scale(out_inv_scale, op, "out_inv_scale")
+    weight = weight.contiguous()
+    b = _resolve_int8(op, backend, x.device)
+    if b == "cuda":
+        y, pool = torch.ops.effnet.dwconv_int8(x, weight, scale, bias, stride, list(pads), in_zp,
+                                               out_inv_scale, out_zp, act, return_pool)
+    elif b == "triton":
+        from .triton import quant as tq
+
+        y, pool = tq.dwconv_int8(x, weight, scale, bias, stride, pads, in_zp, out_inv_scale,
+                                 out_zp, act, return_pool)
+    else:
+        out = reference.dwconv_int8(x, weight, scale, bias, stride, pads, in_zp, out_inv_scale,
+                                    out_zp, act, return_pool)
+        y, pool = out if return_pool else (out, None)
+    return (y, pool) if return_pool else y
+
+
+def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                   bias: torch.Tensor, in_zp: int = 0, out_inv_scale: float = 1.0,
+                   out_zp: int = 0, act: str = "identity", gate: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None, res_scale: float = 1.0,
+                   res_zp: int = 0, pool_only: bool = False, *,
+                   backend: str = "auto") -> torch.Tensor:
+    """INT8 1×1 conv (int8×int8→int32 GEMM) with the SE gate prologue and a dequantise + bias +
+    act + residual + requantise epilogue, see ``reference.pointwise_int8``. x int8 channels_last
+    (zero point ``in_zp``); weight int8 (Cout, Cin) (or (Cout, Cin, 1, 1)); scale =
+    s_in·s_w[co] and bias float32 (Cout,); gate float32 (N, Cin); residual int8 channels_last
+    in (res_scale, res_zp). Returns int8 y in (1/out_inv_scale, out_zp), or with ``pool_only``
+    the float32 (N, Cout) spatial mean of the float epilogue values."""
+    op = "pointwise_int8"
+    _check_int8_nhwc(x, op)
+    N, Cin, H, W = x.shape
+    w = _check_matrix(weight, None, Cin, op, "weight", dtypes=(torch.int8,))
+    Cout = w.shape[0]
+    if w.device != x.device:
+        raise RuntimeError(f"{op}: weight is on {w.device} but x is on {x.device}")
+    _check_qvec(scale, Cout, op, "scale", x.device)
+    _check_qvec(bias, Cout, op, "bias", x.device)
+    _check_act(act, op)
+    in_zp, out_zp = _check_zp(in_zp, op, "in_zp"), _check_zp(out_zp, op, "out_zp")
+    out_inv_scale = _check_inv_scale(out_inv_scale, op, "out_inv_scale")
+    if gate is not None:
+        if not isinstance(gate, torch.Tensor) or tuple(gate.shape) != (N, Cin):
+            raise ValueError(f"{op}: gate must have shape ({N}, {Cin}), got "
+                             f"{tuple(gate.shape) if isinstance(gate, torch.Tensor) else gate}")
+        if gate.dtype != torch.float32:
+            raise TypeError(f"{op}: gate must be float32, got {gate.dtype}")
+        if gate.device != x.device:
+            raise RuntimeError(f"{op}: gate is on {gate.device} but x is on {x.device}")
+    if residual is not None:
+        _check_int8_nhwc(residual, op, "residual")
+        if tuple(residual.shape) != (N, Cout, H, W):
+            raise ValueError(f"{op}: residual must have shape ({N}, {Cout}, {H}, {W}), got "
+                             f"{tuple(residual.shape)}")
+        if residual.device != x.device:
+            raise RuntimeError(f"{op}: residual is on {residual.device} but x is on {x.device}")
+        res_zp = _check_zp(res_zp, op, "res_zp")
+        res_scale = _check_inv_scale(res_scale, op, "res_scale")
+    if pool_only and H * W == 0:
+        raise ValueError(f"{op}: pool_only needs a non-empty spatial size, got {H}x{W}")
+    b = _resolve_int8(op, backend, x.device)
+    if b == "triton":
+        from .triton import quant as tq
+
+        return tq.pointwise_int8(x, w, scale, bias, in_zp, out_inv_scale, out_zp, act, gate,
+                                 residual, float(res_scale), int(res_zp), pool_only)
+    return reference.pointwise_int8(x, w, scale, bias, in_zp, out_inv_scale, out_zp, act, gate,
+                                    residual, float(res_scale), int(res_zp), pool_only)
+
+
+def quantize_per_tensor(x: torch.Tensor, inv_scale: float, zp: int, *,
+                        backend: str = "auto") -> torch.Tensor:
+    """Float x → int8 clamp(floor(x·inv_scale + 0.5) + zp, −128, 127), channels_last for 4-D x
+    (``reference.requantize``; torch ops on any device)."""
+    op = "quantize_per_tensor"
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating-point tensor, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    zp = _check_zp(zp, op, "zp")
+    inv_scale = _check_inv_scale(inv_scale, op, "inv_scale")
+    if backend not in ("auto", "torch"):
+        resolve_backend(backend, x.device)  # unknown / unavailable names raise as everywhere
+        raise RuntimeError(f"{op} has only the 'torch' implementation, got backend={backend!r}")
+    return reference.quantize_per_tensor(x, inv_scale, zp)

@@ -1,0 +1,80 @@
+"""Real images without a network: random crops of scikit-image's sample images, preprocessed for
+ImageNet models. Used for INT8 calibration / evaluation (``benchmarks/int8_accuracy.py``, the
+quant tests) and the demo. Needs ``scikit-image`` (imported lazily).
+
+The images are split in two disjoint sets so that calibration and evaluation never see the same
+picture: :data:`CALIBRATION_IMAGES` and :data:`HELD_OUT_IMAGES`. Grayscale images are repeated
+to three channels, RGBA drops alpha.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .convert import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["CALIBRATION_IMAGES", "HELD_OUT_IMAGES", "load_image", "random_crops"]
+
+CALIBRATION_IMAGES = ("astronaut", "coffee", "rocket", "hubble_deep_field",
+                      "immunohistochemistry", "camera", "coins", "brick", "grass")
+HELD_OUT_IMAGES = ("chelsea", "motorcycle_left", "retina", "logo", "moon", "gravel", "clock",
+                   "page")
+
+
+def load_image(name: str) -> torch.Tensor:
+    """scikit-image sample ``name`` as a uint8 (3, H, W) tensor."""
+    import numpy as np
+    import skimage.data
+
+    if name == "motorcycle_left":
+        img = skimage.data.stereo_motorcycle()[0]
+    else:
+        fn = getattr(skimage.data, name, None)
+        if fn is None:
+            raise ValueError(f"scikit-image has no sample image {name!r}")
+        img = fn()
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if img.dtype != np.uint8:
+        img = (255 * (img - img.min()) / max(float(img.max() - img.min()), 1e-12)).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    img = img[:, :, :3]
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+
+
+def random_crops(names, per_image: int, size: int = 224, seed: int = 0,
+                 scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
+    """``per_image`` random-resized crops (area fraction ``scale``, aspect 3/4–4/3, bilinear
+    antialiased resize to size×size, ImageNet normalisation) of each image in ``names``:
+    float32 (len(names)·per_image, 3, size, size), deterministic for a seed."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = []
+    for name in names:
+        img = load_image(name).float().div_(255.0)
+        _, H, W = img.shape
+        for _ in range(per_image):
+            for _attempt in range(20):
+                area = H * W * float(torch.empty(1).uniform_(*scale, generator=g))
+                logr = float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3),
+                                                     generator=g))
+                ar = math.exp(logr)
+                w = int(round(math.sqrt(area * ar)))
+                h = int(round(math.sqrt(area / ar)))
+                if 0 < w <= W and 0 < h <= H:
+                    break
+            else:
+                h = w = min(H, W)
+            top = int(torch.randint(0, H - h + 1, (1,), generator=g))
+            left = int(torch.randint(0, W - w + 1, (1,), generator=g))
+            crop = img[None, :, top:top + h, left:left + w]
+            out.append(F.interpolate(crop, size=(size, size), mode="bilinear",
+                                     align_corners=False, antialias=True))
+    x = torch.cat(out) if out else torch.empty(0, 3, size, size)
+    return ((x - mean) / std).contiguous()
