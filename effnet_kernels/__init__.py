@@ -3,6 +3,8 @@
     import effnet_kernels as ek
     m = ek.efficientnet_b0()                 # or ek.create_model("efficientnet_lite0"), ...
     m = ek.from_torchvision(tv_model)        # ek.from_timm(...), ek.from_efficientnet_pytorch(...)
+    f = ek.optimize(m)                       # frozen fused inference model
+    q = ek.quantize(f, calibration_batches)  # INT8 inference model
     ek.build_info()                          # how the compiled core was built
 """
 
@@ -35,6 +37,7 @@ from .models import (  # noqa: E402
     list_models,
 )
 from .optimize import optimize  # noqa: E402
+from .quant import load_quantized, quantize  # noqa: E402
 
 
 def build_info() -> dict:
@@ -59,6 +62,6 @@ def build_info() -> dict:
 
 __all__ = [
     "build_info", "ops", "reference", "fold_bn", "from_efficientnet_pytorch", "from_timm",
-    "from_torchvision", "optimize", "create_model", "list_models",
+    "from_torchvision", "optimize", "quantize", "load_quantized", "create_model", "list_models",
     *[f"efficientnet_b{i}" for i in range(8)], *[f"efficientnet_lite{i}" for i in range(5)],
 ]

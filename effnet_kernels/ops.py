@@ -404,7 +404,7 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 _OP_BACKENDS.update({
     "dwconv_int8": ("cuda", "triton", "torch"),
     "pointwise_int8": ("triton", "torch"),
-    "quantize_per_tensor": ("torch",),
+    "quantize_per_tensor": ("triton", "torch"),
 })
 
 
@@ -541,13 +541,15 @@ def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                    out_zp: int = 0, act: str = "identity", gate: torch.Tensor | None = None,
                    residual: torch.Tensor | None = None, res_scale: float = 1.0,
                    res_zp: int = 0, pool_only: bool = False, *,
-                   backend: str = "auto") -> torch.Tensor:
+                   w_sum: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """INT8 1×1 conv (int8×int8→int32 GEMM) with the SE gate prologue and a dequantise + bias +
     act + residual + requantise epilogue, see ``reference.pointwise_int8``. x int8 channels_last
     (zero point ``in_zp``); weight int8 (Cout, Cin) (or (Cout, Cin, 1, 1)); scale =
     s_in·s_w[co] and bias float32 (Cout,); gate float32 (N, Cin); residual int8 channels_last
     in (res_scale, res_zp). Returns int8 y in (1/out_inv_scale, out_zp), or with ``pool_only``
-    the float32 (N, Cout) spatial mean of the float epilogue values."""
+    the float32 (N, Cout) spatial mean of the float epilogue values. ``w_sum`` (optional, int32
+    (Cout,) = Σ_ci weight[co, ci], the zero-point correction) saves the Triton launcher
+    computing it per call when the weights are constant."""
     op = "pointwise_int8"
     _check_int8_nhwc(x, op)
     N, Cin, H, W = x.shape
@@ -579,12 +581,15 @@ def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
         res_scale = _check_inv_scale(res_scale, op, "res_scale")
     if pool_only and H * W == 0:
         raise ValueError(f"{op}: pool_only needs a non-empty spatial size, got {H}x{W}")
+    if w_sum is not None:
+        _check_vector(w_sum, Cout, op, "w_sum", torch.int32, x.device)
     b = _resolve_int8(op, backend, x.device)
     if b == "triton":
         from .triton import quant as tq
 
         return tq.pointwise_int8(x, w, scale, bias, in_zp, out_inv_scale, out_zp, act, gate,
-                                 residual, float(res_scale), int(res_zp), pool_only)
+                                 residual, float(res_scale), int(res_zp), pool_only,
+                                 w_sum=w_sum)
     return reference.pointwise_int8(x, w, scale, bias, in_zp, out_inv_scale, out_zp, act, gate,
                                     residual, float(res_scale), int(res_zp), pool_only)
 
@@ -592,14 +597,16 @@ def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
 def quantize_per_tensor(x: torch.Tensor, inv_scale: float, zp: int, *,
                         backend: str = "auto") -> torch.Tensor:
     """Float x → int8 clamp(floor(x·inv_scale + 0.5) + zp, −128, 127), channels_last for 4-D x
-    (``reference.requantize``; torch ops on any device)."""
+    (``reference.requantize``): Triton or the torch reference ("auto" on the CPU: torch)."""
     op = "quantize_per_tensor"
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"{op}: x must be a floating-point tensor, got "
                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
     zp = _check_zp(zp, op, "zp")
     inv_scale = _check_inv_scale(inv_scale, op, "inv_scale")
-    if backend not in ("auto", "torch"):
-        resolve_backend(backend, x.device)  # unknown / unavailable names raise as everywhere
-        raise RuntimeError(f"{op} has only the 'torch' implementation, got backend={backend!r}")
+    b = _resolve_int8(op, backend, x.device)
+    if b == "triton":
+        from .triton import quant as tq
+
+        return tq.quantize_per_tensor(x, inv_scale, zp)
     return reference.quantize_per_tensor(x, inv_scale, zp)

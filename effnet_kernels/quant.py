@@ -76,7 +76,7 @@ __all__ = ["quantize", "load_quantized", "QuantizedEfficientNet", "QuantizedMBCo
            "METHODS", "qparams_from_range", "quantize_weight", "sqnr_db", "layer_sqnr"]
 
 METHODS = ("minmax", "percentile", "mse")
-_Q_OPS = ("bias_act", "se_gate", "dwconv_int8", "pointwise_int8")
+_Q_OPS = ("bias_act", "se_gate", "dwconv_int8", "pointwise_int8", "quantize_per_tensor")
 _SUBSTITUTE = {"cuda": "triton"}
 
 
@@ -92,7 +92,8 @@ def quant_backends(backend: str = "auto", device: torch.device | str = "cpu"
     if backend == "auto":
         avail = ops.available_backends(device)
         for op in _Q_OPS:
-            if op.endswith("_int8") and device.type == "cpu":
+            if op in ("dwconv_int8", "pointwise_int8", "quantize_per_tensor") \
+                    and device.type == "cpu":
                 out[op] = "torch"  # no CPU int8 kernels; Triton's interpreter is a test tool
             else:
                 out[op] = next(b for b in avail if b in _supported(op))
@@ -246,6 +247,8 @@ class _QOut(nn.Module):
         if hasattr(self, "w_scale"):
             # s_in·s_w[c] in float32 (a non-persistent buffer, recomputed from the saved ones)
             self.scale = self.w_scale * self.in_scale
+        if hasattr(self, "w_sum"):  # the zero-point correction Σ_ci w[co, ci]
+            self.w_sum = self.weight.sum(dim=1, dtype=torch.int32)
 
     @property
     def in_q(self) -> tuple[float, int]:
@@ -267,6 +270,7 @@ class QuantizedPointwise(_QOut):
         self.register_buffer("w_scale", sw.to(weight.device))
         self.register_buffer("bias", bias.detach().float().clone())
         self.register_buffer("scale", torch.empty(0), persistent=False)
+        self.register_buffer("w_sum", torch.empty(0, dtype=torch.int32), persistent=False)
         self.act, self.backend = act, backend
         self._init_q(in_q, out_q)
         self.refresh()
@@ -277,7 +281,7 @@ class QuantizedPointwise(_QOut):
         r, (rs, rz) = residual if residual is not None else (None, (1.0, 0))
         return ops.pointwise_int8(x, self.weight, self.scale, self.bias, self._in[1],
                                   self._out_inv, self._out[1], self.act, gate, r, rs, rz,
-                                  pool_only, backend=self.backend)
+                                  pool_only, w_sum=self.w_sum, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, act={self.act!r}, "
@@ -322,9 +326,10 @@ class QuantizedStem(_QOut):
     """The float stem (``FusedStem``: conv + bias_act in the model's float dtype), then the
     quantise of its output to int8 (in_scale/in_zp unused)."""
 
-    def __init__(self, stem: FusedStem, out_q) -> None:
+    def __init__(self, stem: FusedStem, out_q, backend: str = "auto") -> None:
         super().__init__()
         self.float_stem = stem
+        self.backend = backend
         self._init_q((1.0, 0), out_q)
         self.refresh()
 
@@ -334,7 +339,8 @@ class QuantizedStem(_QOut):
         return self.float_stem.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.quantize_per_tensor(self.float_stem(x), self._out_inv, self._out[1])
+        return ops.quantize_per_tensor(self.float_stem(x), self._out_inv, self._out[1],
+                                       backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"out_q={self._out}"
@@ -494,7 +500,7 @@ def _build(f: FusedEfficientNet, calib: dict[str, dict], be: dict[str, str],
 
     float_stem = copy.deepcopy(f.stem)  # never share (or mutate) the float model's modules
     float_stem.backend = be["bias_act"]
-    stem = QuantizedStem(float_stem, q("stem"))
+    stem = QuantizedStem(float_stem, q("stem"), be["quantize_per_tensor"])
     prev = q("stem")
     stages = []
     for s, stage in enumerate(f.blocks):

