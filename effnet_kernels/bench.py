@@ -28,20 +28,55 @@ CPU  ``eager`` (torchvision, NCHW, BN not folded), ``compile`` (torch.compile of
      ``onnxruntime`` (optional: ``pip install onnxruntime onnx``; exported from the same
      weights), ``ours_cpu``. ``--quick`` leaves out ``compile`` on the CPU (minutes to compile).
 
+INT8 (``--dtype int8``; rows with dtype "int8"):
+
+* ``ours_cuda``, ``ours_triton`` (GPU) = ``quantize(optimize(model, backend=b, dtype=fp16),
+  [one random batch], backend=b)`` (``effnet_kernels.quant``): int8 activations between ops,
+  float16 stem / SE / classifier. On the CPU ``ours_torch_ref`` = the same with b = "torch",
+  float32: the exact *integer reference* (torch ops), a correctness oracle and not a kernel —
+  about 0.1–0.15 s per B0@224 image on one core. By default it runs only where a batch is at
+  most 4 GMAC (B0@224: batch ≤ 10) and is listed as skipped elsewhere; naming it in
+  ``--backends`` runs it at every size. Calibration: one N(0, 1) batch of 4 images at the
+  benchmark's resolution, i.e. the benchmark's own input distribution (random-init weights give
+  vanishing activations: the numbers measure speed, never accuracy).
+* ``int8_intmm_cudnn_fp16`` (CPU: ``int8_intmm_fp32``) = the best INT8 path without our
+  kernels: the BN-folded eager model (channels_last) with every 1×1 conv (expand, project,
+  head) as ``torch._int_mm`` (cuBLASLt int8 GEMM, int32 out; on the CPU torch's own int8 GEMM)
+  on the activations viewed as an (N·H·W, C) matrix, dynamically quantised per tensor
+  (symmetric absmax, int8) with per-output-channel symmetric int8 weights, then dequantised
+  + bias in float32 (``addcmul``) and the activation in fp16 (CPU: fp32) torch ops; the stem,
+  depthwise convs, SE and classifier stay cuDNN FP16 (CPU: fp32). ``torch._int_mm`` on CUDA
+  needs M > 16 and K, N multiples of 8 (every EfficientNet width is); a layer whose shape it
+  cannot take falls back to ``F.conv2d`` in the float dtype, counted in the row's ``note``.
+  Why ``_int_mm`` and not an int8 cuDNN graph: the cuDNN frontend (nvidia-cudnn-frontend) is
+  not installed, and cuDNN's legacy int8 convolutions want NHWC int8 with C a multiple of 4
+  and have little depthwise support, so a per-layer int8 GEMM is what PyTorch offers without
+  custom kernels (recorded in the JSON's ``int8`` entry). On the CPU (torch 2.14)
+  ``torch._int_mm`` works but is about 10× slower than the fp32 GEMM of the same shape, so the
+  CPU row measures torch's int8 GEMM, not what int8 can do on a CPU.
+* Each int8 row is compared across dtypes: with int8 the fp16 (CPU: fp32) rows of
+  ``eager_cudnn_cl`` and ``ours_cuda`` / ``ours_triton`` (CPU: ``eager`` and ``ours_cpu``) are
+  measured too, whatever ``--dtype`` and ``--backends`` say, and the int8 rows' speedups are
+  over those (``x eager_cudnn_fp16_cl``; ``x ours_fp16`` / ``x ours_fp32`` = over the fastest
+  ours row of that float dtype at the same model and batch) and over the int8 baseline
+  (``x int8_intmm_*``). The int8 roofline counts 1 byte per activation element and per weight.
+
 Timing: the first call (compilation, autotuning) and a few warm-up calls are not timed; then at
 least ``--min-reps`` calls and ``--min-time`` seconds, each timed alone (GPU: CUDA events around
 the call, synchronised; CPU: wall clock); ms/batch is their median. Every model gets the same
 random weights. The table's "% floor" is floor time / measured time for one kernel per op-group
 (the JSON also has the block floor); "x <baseline>" is the img/s ratio over that baseline at the
-same model, batch and dtype (``eager_fp32_nchw``: any dtype). Backends that cannot run here
-(missing package, no ``ek.optimize`` yet) are listed as not available, not failed; a failing
-backend is reported and the run goes on (exit status 1).
+same model, batch and dtype (``eager_fp32_nchw``: any dtype; int8: see above). Backends that
+cannot run here (missing package, no ``ek.optimize`` yet) are listed as not available, not
+failed; a failing backend is reported and the run goes on (exit status 1).
 
 The JSON (``--json PATH``; a directory gets ``YYYY-MM-DD-<device>-<commit>.json``) holds
 ``{"device", "commit", "torch", "cuda", "triton", "date", "results": [{"model", "resolution",
 "batch", "dtype", "backend", "img_per_s", "ms_per_batch", "peak_mem_mb", ...}], "roofline":
-[...], "skipped": [...], ...}``. ``--plot PATH`` draws img/s per backend and batch (matplotlib).
-``--load JSON`` prints the table (and ``--plot``) of an earlier run without measuring.
+[...], "skipped": [...], ...}`` (int8 rows also have a ``note``: calibration, substitutions,
+``_int_mm`` fallbacks; with int8 the ``int8`` entry describes the baseline). ``--plot PATH``
+draws img/s per backend and batch (matplotlib). ``--load JSON`` prints the table (and
+``--plot``) of an earlier run without measuring.
 """
 
 from __future__ import annotations
@@ -76,10 +111,14 @@ __all__ = [
     "floor_ms",
     "fold_model_bn",
     "format_table",
+    "int8_float_dtype",
+    "int8_intmm_model",
+    "intmm_paths",
     "git_commit",
     "main",
     "model_shapes",
     "model_traffic",
+    "ours_torch_skip_reason",
     "result_filename",
     "run",
     "set_inplace_act",
@@ -438,8 +477,41 @@ def result_filename(env: dict) -> str:
 
 
 # ============================================================================ backends
-GPU_BACKENDS = ("eager_fp32_nchw", "eager_cudnn_cl", "compile", "ours_cuda", "ours_triton")
-CPU_BACKENDS = ("eager", "compile", "onnxruntime", "ours_cpu")
+GPU_BACKENDS = ("eager_fp32_nchw", "eager_cudnn_cl", "compile", "ours_cuda", "ours_triton",
+                "int8_intmm")
+CPU_BACKENDS = ("eager", "compile", "onnxruntime", "ours_cpu", "ours_torch", "int8_intmm")
+# which kinds run at dtype int8, and which run only then
+INT8_KINDS = {"cuda": ("ours_cuda", "ours_triton", "int8_intmm"),
+              "cpu": ("ours_torch", "int8_intmm")}
+INT8_ONLY = ("ours_torch", "int8_intmm")
+# the float rows every int8 row is compared with (measured whenever int8 is)
+INT8_COMPANIONS = {"cuda": ("eager_cudnn_cl", "ours_cuda", "ours_triton"),
+                   "cpu": ("eager", "ours_cpu")}
+INT8_CALIB_BATCH = 4  # images in the one random calibration batch of ours int8
+OURS_TORCH_MAX_MACS = 4e9  # ours_torch_ref by default only for batches up to this (CPU)
+INT8_BASELINE_WHY = (
+    "each 1x1 conv (expand, project, head) as torch._int_mm (cuBLASLt int8 GEMM on CUDA, "
+    "torch's int8 GEMM on the CPU) on per-tensor dynamically quantised activations and "
+    "per-channel int8 weights, dequantised in torch ops; stem, depthwise, SE and classifier "
+    "in the float dtype (cuDNN FP16 on a GPU). Not an int8 cuDNN graph: nvidia-cudnn-frontend "
+    "is not installed and cuDNN's legacy int8 convolutions have little depthwise support, so "
+    "an int8 GEMM per 1x1 layer is PyTorch's best int8 path without custom kernels")
+
+
+def int8_float_dtype(device_type: str) -> str:
+    """The float dtype the int8 rows are compared with (and run their float parts in)."""
+    return "fp16" if device_type == "cuda" else "fp32"
+
+
+def ours_torch_skip_reason(model: str, resolution: int, batch: int) -> str | None:
+    """Why ``ours_torch_ref`` (the integer reference, about 0.3 s per GMAC on one core) is not
+    run by default at this size, or None when the batch is at most ``OURS_TORCH_MAX_MACS``."""
+    gmac = model_traffic(model, resolution)["macs"] * batch / 1e9
+    if gmac <= OURS_TORCH_MAX_MACS / 1e9:
+        return None
+    return (f"the integer reference (an oracle, ~0.3 s per GMAC on one core) runs by default "
+            f"only up to {OURS_TORCH_MAX_MACS / 1e9:g} GMAC per batch, this one is {gmac:.1f}; "
+            "name ours_torch_ref in --backends to run it")
 
 
 class Unavailable(Exception):
@@ -447,6 +519,10 @@ class Unavailable(Exception):
 
 
 def backend_name(kind: str, dtype: str, quick: bool, device_type: str) -> str:
+    if kind == "int8_intmm":
+        return "int8_intmm_cudnn_fp16" if device_type == "cuda" else "int8_intmm_fp32"
+    if kind == "ours_torch":
+        return "ours_torch_ref"  # the integer reference, not a kernel
     if device_type == "cuda":
         if kind == "eager_cudnn_cl":
             return f"eager_cudnn_{dtype}_cl"
@@ -465,15 +541,22 @@ def _parse_backends(spec: str | None, device_type: str, quick: bool) -> list[str
     out = []
     for name in (s.strip() for s in spec.split(",") if s.strip()):
         kind = name
-        if device_type == "cuda":
+        if name.startswith("int8_intmm"):
+            kind = "int8_intmm"
+        elif name == "ours_torch_ref":
+            kind = "ours_torch"
+        elif device_type == "cuda":
             if re.fullmatch(r"eager_cudnn_(fp32|fp16|bf16)_cl", name):
                 kind = "eager_cudnn_cl"
             elif name in ("compile_default", "compile_max_autotune"):
                 kind = "compile"
         if kind not in kinds:
             valid = ("eager_fp32_nchw, eager_cudnn_cl (eager_cudnn_<dtype>_cl), compile "
-                     "(compile_default/compile_max_autotune), ours_cuda, ours_triton"
-                     if device_type == "cuda" else ", ".join(CPU_BACKENDS))
+                     "(compile_default/compile_max_autotune), ours_cuda, ours_triton, "
+                     "int8_intmm (int8_intmm_cudnn_fp16)"
+                     if device_type == "cuda" else
+                     "eager, compile, onnxruntime, ours_cpu, ours_torch (ours_torch_ref), "
+                     "int8_intmm (int8_intmm_fp32)")
             raise SystemExit(f"bench: unknown backend {name!r} for {device_type}; valid: {valid}")
         if kind not in out:
             out.append(kind)
@@ -532,6 +615,134 @@ def eager_model(base, name: str):
     return copy.deepcopy(base).eval(), "effnet_kernels"
 
 
+# ---------------------------------------------------------------------------- int8 baseline
+def _int_mm_works(device) -> bool:
+    """Whether ``torch._int_mm`` runs on this device (once per device type)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type not in _INT_MM_OK:
+        try:
+            a = torch.ones(32, 32, dtype=torch.int8, device=device)
+            ok = bool((torch._int_mm(a, a.t()) == 32).all())
+        except (RuntimeError, AttributeError, NotImplementedError):
+            ok = False
+        _INT_MM_OK[device.type] = ok
+    return _INT_MM_OK[device.type]
+
+
+_INT_MM_OK: dict[str, bool] = {}
+
+
+def _intmm_conv_class():
+    """The module class (built on first use: torch is imported lazily in this file)."""
+    global _IntMMConv1x1
+    if _IntMMConv1x1 is not None:
+        return _IntMMConv1x1
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class IntMMConv1x1(nn.Module):
+        """A BN-folded 1×1 conv as ``torch._int_mm``: the channels_last input viewed as an
+        (N·H·W, Cin) matrix, quantised per tensor (symmetric absmax → int8 in [−127, 127],
+        scale computed on the device, no host sync), times the per-output-channel symmetric
+        int8 weight (Cout, Cin) transposed (column-major, the layout cuBLASLt's int8 GEMM
+        wants), int32 accumulators dequantised + bias in float32 (one ``addcmul``), then cast to
+        the float dtype. Shapes ``torch._int_mm`` cannot take (CUDA: M ≤ 16, K or N not a
+        multiple of 8; or no ``_int_mm`` on the device) run ``F.conv2d`` in the float dtype;
+        ``last_path`` says which ran last ("int_mm" / "conv2d")."""
+
+        def __init__(self, conv: nn.Conv2d) -> None:
+            super().__init__()
+            w = conv.weight.detach()
+            cout, cin = w.shape[0], w.shape[1]
+            w32 = w.float().reshape(cout, cin)
+            amax = w32.abs().amax(dim=1)
+            s_w = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+            wq = torch.round(w32 / s_w[:, None]).clamp_(-127, 127).to(torch.int8)
+            b = conv.bias.detach() if conv.bias is not None else torch.zeros(cout, device=w.device)
+            self.register_buffer("weight_q", wq.contiguous())  # (Cout, Cin)
+            self.register_buffer("w_scale", s_w)
+            self.register_buffer("bias32", b.float().clone())
+            self.register_buffer("weight", w.clone())  # the float fallback
+            self.register_buffer("bias", b.to(w.dtype).clone())
+            self.in_ch, self.out_ch = cin, cout
+            self.last_path = None
+
+        def _int_mm_ok(self, m: int, device) -> bool:
+            if not _int_mm_works(device):
+                return False
+            if device.type == "cuda":
+                return m > 16 and self.in_ch % 8 == 0 and self.out_ch % 8 == 0
+            return m > 0
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            m = n * h * w
+            if not self._int_mm_ok(m, x.device):
+                self.last_path = "conv2d"
+                return F.conv2d(x, self.weight, self.bias)
+            self.last_path = "int_mm"
+            a = x.permute(0, 2, 3, 1).reshape(m, c)  # a view when x is channels_last
+            if a.is_cuda:  # one reduction kernel
+                amax = torch.linalg.vector_norm(a, float("inf")).float()
+            else:  # CPU: aminmax is ~20x faster than the inf-norm in torch 2.14
+                lo, hi = torch.aminmax(a)
+                amax = torch.maximum(hi, -lo).float()
+            # 127 / amax, kept finite in the activation dtype (fp16: ≤ 65504; amax = 0 → max)
+            inv = (127.0 / amax).clamp_(max=torch.finfo(a.dtype).max).to(a.dtype)
+            q = (a * inv).round_().clamp_(-127, 127).to(torch.int8)
+            acc = torch._int_mm(q, self.weight_q.t())  # (M, Cout) int32
+            y = torch.addcmul(self.bias32, acc, self.w_scale / inv.float())  # float32
+            if y.dtype != x.dtype:
+                y = y.to(x.dtype)
+            return y.view(n, h, w, self.out_ch).permute(0, 3, 1, 2)  # channels_last
+
+        def extra_repr(self) -> str:
+            return f"{self.in_ch} -> {self.out_ch}, last_path={self.last_path!r}"
+
+    _IntMMConv1x1 = IntMMConv1x1
+    return IntMMConv1x1
+
+
+_IntMMConv1x1 = None
+
+
+def int8_intmm_model(base, dtype=None, device="cpu"):
+    """The ``int8_intmm_*`` baseline from an ek EfficientNet (see the module docstring): BN
+    folded (:func:`fold_model_bn`), activations in place, ``dtype`` (default float16 on a GPU,
+    float32 on the CPU), channels_last, on ``device``; every 1×1 ConvBNAct conv (expand,
+    project, head) replaced by an ``IntMMConv1x1``. Stem, depthwise convs, SE and classifier
+    stay float. ``intmm_paths(model)`` counts which path each 1×1 layer took in the last
+    forward."""
+    import torch
+
+    from .models.efficientnet import ConvBNAct
+
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    cls = _intmm_conv_class()
+    m = set_inplace_act(fold_model_bn(base)).to(device=device, dtype=dtype,
+                                                memory_format=torch.channels_last)
+    for mod in m.modules():
+        if isinstance(mod, ConvBNAct):
+            c = mod.conv
+            if c.kernel_size == (1, 1) and c.groups == 1 and c.stride == (1, 1):
+                mod.conv = cls(c)
+    return m.eval()
+
+
+def intmm_paths(model) -> dict:
+    """{"int_mm": n, "conv2d": n} over the 1×1 layers of an ``int8_intmm_model`` (last forward)."""
+    out = {"int_mm": 0, "conv2d": 0}
+    for mod in model.modules():
+        if getattr(mod, "last_path", None) in out:
+            out[mod.last_path] += 1
+    return out
+
+
 class _Job:
     def __init__(self, model, batch, dtype, kind, name):
         self.model, self.batch, self.dtype, self.kind, self.name = model, batch, dtype, kind, name
@@ -542,7 +753,7 @@ def _make_runner(kind: str, base, model: str, dtype: str, device, quick: bool,
     """(fn, x, warmup) for one backend; ``cache`` keeps built models across batch sizes."""
     import torch
 
-    tdt = getattr(torch, DTYPES[dtype])
+    tdt = getattr(torch, DTYPES.get(dtype, "int8"))  # int8 jobs use their float dtype below
     cl = torch.channels_last
     x = torch.randn(batch, 3, resolution, resolution, device=device)
     key = (kind, dtype)
@@ -591,17 +802,69 @@ def _make_runner(kind: str, base, model: str, dtype: str, device, quick: bool,
 
         return run_ort, xn, 2
 
+    if kind == "int8_intmm":  # dtype int8: float parts in the device's int8 float dtype
+        fdt = getattr(torch, DTYPES[int8_float_dtype(device.type)])
+        if key not in cache:
+            cache[key] = int8_intmm_model(base, fdt, device)
+            cache[("note", key)] = _intmm_note
+        return cache[key], x.to(fdt).contiguous(memory_format=cl), 5
+
     if kind.startswith("ours_"):
         import effnet_kernels as ek
 
         if not hasattr(ek, "optimize"):
             raise Unavailable("effnet_kernels.optimize does not exist yet (the fused model)")
+        backend = kind[len("ours_"):]
+        if dtype == "int8":
+            return _ours_int8(kind, backend, base, device, x, resolution, cache)
         if key not in cache:
-            backend = kind[len("ours_"):]
             cache[key] = ek.optimize(__import__("copy").deepcopy(base).to(device), backend=backend,
                                      dtype=tdt)
         return cache[key], x.to(tdt).contiguous(memory_format=cl), 5
     raise ValueError(f"unknown backend kind {kind!r}")
+
+
+def _intmm_note(model) -> str:
+    p = intmm_paths(model)
+    return (f"{p['int_mm']} 1x1 convs via torch._int_mm, {p['conv2d']} fell back to F.conv2d "
+            "(shape torch._int_mm cannot take, or no _int_mm on this device)")
+
+
+def _ours_int8(kind: str, backend: str, base, device, x, resolution: int, cache: dict):
+    """ours INT8: ``quantize(optimize(base, backend, float dtype), [calib], backend)``."""
+    import copy
+
+    import torch
+
+    import effnet_kernels as ek
+
+    try:
+        from effnet_kernels import quant
+    except ImportError as e:
+        raise Unavailable(f"effnet_kernels.quant cannot be imported: {e}") from e
+    try:
+        quant.quant_backends(backend, device)  # RuntimeError naming what is missing
+    except RuntimeError as e:
+        raise Unavailable(str(e)) from e
+    fdt_name = int8_float_dtype(device.type)
+    fdt = getattr(torch, DTYPES[fdt_name])
+    key = (kind, "int8")
+    if key not in cache:
+        f = cache.get((kind, fdt_name))  # the float model of the same backend, if built
+        if f is None:
+            f = ek.optimize(copy.deepcopy(base).to(device), backend=backend, dtype=fdt)
+        g = torch.Generator().manual_seed(1)
+        calib = torch.randn(INT8_CALIB_BATCH, 3, resolution, resolution, generator=g)
+        q = quant.quantize(f, [calib.to(device=device, dtype=fdt)], backend=backend)
+        cache[key] = q
+        subs = "; ".join(f"{op}: {v}" for op, v in q.substitutions.items()) or "none"
+        ref = ("the exact integer reference (torch ops): an oracle, not a kernel; "
+               if backend == "torch" else "")
+        cache[("note", key)] = (f"{ref}ek.quantize(backend={backend!r}), float parts "
+                                f"{fdt_name}, calibrated on one N(0,1) batch of "
+                                f"{INT8_CALIB_BATCH} at {resolution}px; substitutions: {subs}")
+    xin = x.to(fdt).contiguous(memory_format=torch.channels_last)
+    return cache[key], xin, (1 if backend == "torch" else 5)
 
 
 def _tv_state_dict(ek_model, tv_model) -> dict:
@@ -701,25 +964,46 @@ def run(args, checkpoint=None) -> dict:
     doc["copy_gbps"] = copy_gbps
     say(f"copy bandwidth (dst.copy_(src), read + write): {copy_gbps:.1f} GB/s")
 
-    # jobs: eager_fp32_nchw is dtype-independent (fp32 only); everything else per dtype
+    # jobs: eager_fp32_nchw is dtype-independent (fp32 only); everything else per dtype;
+    # int8 only for the INT8 kinds, which run nothing else
+    int8 = "int8" in dtypes
+    fdt = int8_float_dtype(device.type)
+    int8_kinds = INT8_KINDS[device.type]
     jobs = []
     for model in models:
+        if int8 and fdt not in dtypes:  # the int8 rows' cross-dtype baselines (first, so that
+            # ours int8 quantizes the float model already built)
+            jobs += [_Job(model, b, fdt, kind, backend_name(kind, fdt, quick, device.type))
+                     for kind in INT8_COMPANIONS[device.type] for b in batches]
         for kind in kinds:
             if kind == "eager_fp32_nchw":
                 jobs += [_Job(model, b, "fp32", kind, kind) for b in batches]
                 continue
             for dt in dtypes:
-                if dt == "int8":
+                if (kind not in int8_kinds) if dt == "int8" else (kind in INT8_ONLY):
                     continue
                 jobs += [_Job(model, b, dt, kind, backend_name(kind, dt, quick, device.type))
                          for b in batches]
     if device.type == "cpu" and quick and not args.backends:
         say("compile: not run with --quick on the CPU (inductor compiles B0 for minutes on a "
             "small machine); name it in --backends to include it")
-    if "int8" in dtypes:
-        doc["skipped"].append({"backend": "*", "dtype": "int8",
-                               "reason": "no INT8 model yet (effnet_kernels.quantize)"})
-        say("int8: skipped — no INT8 model yet (effnet_kernels.quantize)")
+    explicit = set(_parse_backends(args.backends, device.type, quick)) if args.backends else set()
+    if int8:
+        doc["int8"] = {"compare_dtype": fdt, "float_parts_dtype": fdt,
+                       "baseline": backend_name("int8_intmm", "int8", quick, device.type),
+                       "baseline_method": INT8_BASELINE_WHY,
+                       "int_mm_on_device": _int_mm_works(device),
+                       "companions": [backend_name(k, fdt, quick, device.type)
+                                      for k in INT8_COMPANIONS[device.type]],
+                       "calibration": f"one N(0,1) batch of {INT8_CALIB_BATCH} images"}
+        say(f"int8: ours + {doc['int8']['baseline']}, compared with the {fdt} rows of "
+            f"{', '.join(doc['int8']['companions'])}")
+    elif explicit & set(INT8_ONLY):
+        names = sorted(backend_name(k, "int8", quick, device.type)
+                       for k in explicit & set(INT8_ONLY))
+        doc["skipped"].append({"backend": ",".join(names), "dtype": ",".join(dtypes),
+                               "reason": "int8-only backend; add int8 to --dtype"})
+        say(f"{', '.join(names)}: int8 only — add int8 to --dtype")
 
     bar = _progress(len(jobs), args.quiet)
     unavailable: dict[tuple, str] = {}
@@ -734,6 +1018,14 @@ def run(args, checkpoint=None) -> dict:
             if ukey in unavailable:
                 bar.update(1)
                 continue
+            reason = (ours_torch_skip_reason(model, res, job.batch)
+                      if job.kind == "ours_torch" and "ours_torch" not in explicit else None)
+            if reason:
+                doc["skipped"].append({"model": model, "batch": job.batch, "backend": job.name,
+                                       "dtype": job.dtype, "reason": reason})
+                bar.write(f"{model} b{job.batch} {job.dtype} {job.name}: skipped — {reason}")
+                bar.update(1)
+                continue
             try:
                 if cuda:
                     torch.cuda.synchronize(device)
@@ -746,6 +1038,8 @@ def run(args, checkpoint=None) -> dict:
                 with torch.inference_mode():
                     fn(x)  # first call: compiles / autotunes; not timed
                     build_s = time.perf_counter() - t_build
+                    note = cache.get(("note", (job.kind, job.dtype)))
+                    note = note(fn) if callable(note) else note
                     times = time_forward(fn, x, device, min_time=min_time, min_reps=min_reps,
                                          warmup=warmup)
                 peak = torch.cuda.max_memory_allocated(device) / MiB if cuda else None
@@ -776,7 +1070,7 @@ def run(args, checkpoint=None) -> dict:
                 "peak_mem_mb": peak, "reps": len(times), "ms_min": min(times),
                 "ms_max": max(times), "build_s": round(build_s, 3),
                 **({"eager_impl": cache["eager_impl"]} if job.kind in ("eager", "eager_fp32_nchw")
-                   else {})})
+                   else {}), **({"note": note} if note else {})})
             bar.update(1)
             if checkpoint is not None:
                 checkpoint(doc)
@@ -827,24 +1121,47 @@ def _baseline_kind(name: str) -> str | None:
         return "eager_cudnn_cl"
     if name.startswith("compile"):
         return "compile"
+    if name.startswith("int8_intmm"):
+        return "int8_intmm"
     return None
+
+
+def _doc_int8_dtype(doc: dict) -> str:
+    """The float dtype a run's int8 rows are compared with."""
+    if doc.get("int8", {}).get("compare_dtype"):
+        return doc["int8"]["compare_dtype"]
+    cpu = doc.get("device_type") == "cpu" or str(doc.get("device", "")).startswith("CPU")
+    return int8_float_dtype("cpu" if cpu else "cuda")
 
 
 def speedups(doc: dict) -> list[dict]:
     """Each result with ``speedup`` {baseline name: img/s ratio}: same model, resolution, batch
-    and dtype, except the fp32-only ``eager_fp32_nchw`` which every dtype is compared with."""
+    and dtype, except the fp32-only ``eager_fp32_nchw`` which every dtype is compared with.
+
+    int8 rows are also compared across dtypes, with the rows of the float dtype the int8 models
+    use (fp16 on a GPU, fp32 on the CPU): every baseline of that dtype (``eager_cudnn_fp16_cl``,
+    ``eager``, ...) and ``ours_<dtype>`` = the fastest ``ours_*`` row of that dtype; and with the
+    int8 baseline (``int8_intmm_*``), an int8 row itself."""
     rows = []
+    fdt = _doc_int8_dtype(doc)
     for r in doc["results"]:
         sp = {}
         for b in doc["results"]:
-            if b is r or _baseline_kind(b["backend"]) is None:
+            if b is r:
                 continue
             if (b["model"], b["resolution"], b["batch"]) != (r["model"], r["resolution"],
                                                               r["batch"]):
                 continue
-            if b["dtype"] != r["dtype"] and b["backend"] != "eager_fp32_nchw":
+            cross = r["dtype"] == "int8" and b["dtype"] == fdt
+            ratio = r["img_per_s"] / b["img_per_s"]
+            if _baseline_kind(b["backend"]) is None:
+                if cross and b["backend"].startswith("ours_"):
+                    key = f"ours_{fdt}"  # over the fastest ours row of that dtype
+                    sp[key] = min(sp.get(key, math.inf), ratio)
                 continue
-            sp[b["backend"]] = r["img_per_s"] / b["img_per_s"]
+            if b["dtype"] != r["dtype"] and b["backend"] != "eager_fp32_nchw" and not cross:
+                continue
+            sp[b["backend"]] = ratio
         rows.append({**r, "speedup": sp})
     return rows
 
@@ -857,6 +1174,8 @@ def format_table(doc: dict) -> str:
     for r in doc["results"]:
         if _baseline_kind(r["backend"]) and r["backend"] not in base_cols:
             base_cols.append(r["backend"])
+    for r in rows:  # the int8 rows' "ours_<float dtype>" column
+        base_cols += [k for k in r["speedup"] if k not in base_cols]
     head = ["model", "res", "batch", "dtype", "backend", "img/s", "ms/batch", "peak MB",
             "% floor"] + [f"x {b}" for b in base_cols]
     lines = []
@@ -914,7 +1233,7 @@ def _check_matplotlib() -> None:
 
 def _series(r: dict) -> str:
     """Plot label: the backend, plus the dtype where the name does not already say it."""
-    named = r["backend"].startswith(("eager_fp32", "eager_cudnn"))
+    named = r["backend"].startswith(("eager_fp32", "eager_cudnn", "int8_intmm"))
     return r["backend"] if named else f"{r['backend']} {r['dtype']}"
 
 
@@ -1000,12 +1319,16 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_csv(_positive_int), default=None,
                    help="comma list of batch sizes (default 1,64,256; --quick: 1,256)")
     p.add_argument("--dtype", type=_csv(_dtype_name), default=None,
-                   help="comma list of fp32, fp16, bf16 (int8: reported as not available yet); "
-                        "default fp16 on a GPU, fp32 on the CPU")
+                   help="comma list of fp32, fp16, bf16, int8; default fp16 on a GPU, fp32 on "
+                        "the CPU. int8: ours (ek.quantize) and the torch._int_mm baseline, plus "
+                        "the fp16 (CPU: fp32) rows of cuDNN/eager and ours they are compared "
+                        "with (measured even when not asked for)")
     p.add_argument("--backends", default=None,
                    help="comma list (default: all of the device's). GPU: eager_fp32_nchw, "
-                        "eager_cudnn_cl, compile, ours_cuda, ours_triton; CPU: eager, compile, "
-                        "onnxruntime, ours_cpu")
+                        "eager_cudnn_cl, compile, ours_cuda, ours_triton, int8_intmm (int8 "
+                        "only); CPU: eager, compile, onnxruntime, ours_cpu, ours_torch (int8 "
+                        "only: the integer reference, by default only for batches <= 4 GMAC), "
+                        "int8_intmm (int8 only)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (torch.set_num_threads; also ONNX Runtime's)")
@@ -1079,6 +1402,11 @@ def cmd_bench(args) -> int:
           "(medians; speedup = img/s ratio)")
     print(format_table(doc))
     print(format_roofline(doc))
+    notes = dict.fromkeys((r["backend"], r["note"]) for r in doc["results"] if r.get("note"))
+    for backend, note in notes:
+        print(f"note: {backend}: {note}")
+    if doc.get("int8"):
+        print(f"int8 baseline {doc['int8']['baseline']}: {doc['int8']['baseline_method']}")
     for s in doc.get("skipped", []):
         print(f"not available: {s.get('backend')} {s.get('dtype', '')}: {s['reason']}")
     for e in doc.get("errors", []):
