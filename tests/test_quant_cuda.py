@@ -1,0 +1,364 @@
+"""effnet::dwconv_int8's CUDA kernel (csrc/quant/dwconv_int8_cuda.cu) against the exact integer
+oracle effnet_kernels.reference.dwconv_int8.
+
+Contract (reference.py, "INT8"): y within 1 LSB of the reference (an FMA at an exact tie, or the
+last ulp of SiLU's exp, may flip a rounding), and such flips must be rare; pool within 1e-5
+relative. Three kinds of test:
+
+* GPU (``-m cuda``): the kernel itself on odd shapes, every act, pool on/off, nonzero zero
+  points, each launch path (16- and 8-byte vectors, generic), bad input.
+* CPU, always: the schema is compiled in, and the CUDA kernel is registered in a CUDA build.
+* CPU, slow: the kernel body (csrc/quant/dwconv_int8_kernel.cuh, written as __host__ __device__
+  phases) compiled for the host and run block by block over the launch grid: the indexing,
+  tiling, staging, zero-point, dp4a and epilogue logic of the CUDA kernel, checked without a GPU.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import rel_err
+from effnet_kernels import ops, reference
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTS = ["silu", "relu6", "relu", "identity"]
+
+needs_ext = pytest.mark.skipif(not ops.extension_available(),
+                               reason=f"effnet_kernels._C not built: {ops.extension_error()}")
+needs_cuda_kernels = pytest.mark.skipif(
+    not ops.cuda_kernels_built(),
+    reason="effnet_kernels._C was built without its CUDA sources (EFFNET_CUDA=0 or no nvcc)")
+
+# (N, C, H, W, k, stride, padding (left, right, top, bottom) or None = symmetric).
+# C % 16 == 0: 16-byte path; C % 8 == 0: 8-byte path; else generic; k = 7: generic.
+CASES = [
+    (1, 16, 13, 13, 3, 1, None),
+    (3, 37, 7, 13, 3, 2, (0, 1, 0, 1)),
+    (1, 61, 13, 7, 5, 2, (1, 2, 2, 1)),
+    (3, 1152, 7, 7, 5, 1, None),
+    (1, 1152, 13, 13, 3, 2, (0, 1, 0, 1)),
+    (3, 32, 1, 1, 3, 1, None),
+    (1, 16, 113, 113, 3, 2, (0, 1, 0, 1)),
+    (1, 37, 113, 113, 5, 1, None),
+    (3, 48, 13, 11, 7, 1, (3, 3, 3, 3)),
+    (1, 40, 9, 13, 5, 2, (2, 2, 2, 2)),
+    (2, 24, 7, 5, 3, 1, (2, 0, 1, 2)),
+    (1, 16, 2, 3, 5, 1, (4, 0, 4, 0)),
+    (2, 64, 1, 1, 5, 2, (2, 2, 2, 2)),
+    (1, 32, 17, 19, 5, 1, (0, 4, 4, 0)),
+    (3, 96, 9, 10, 3, 2, (1, 1, 1, 1)),
+    (1, 16, 5, 23, 5, 2, (1, 2, 0, 4)),
+    (1, 144, 15, 15, 5, 2, (1, 2, 1, 2)),
+]
+CASE_IDS = [f"N{c[0]}C{c[1]}_{c[2]}x{c[3]}_k{c[4]}s{c[5]}_p{c[6]}" for c in CASES]
+
+
+def make(case, seed=0, device="cpu"):
+    """Random int8 x (channels_last) and weight; scale sized so act inputs are O(1)."""
+    N, C, H, W, k, s, pad = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-128, 128, (N, C, H, W), generator=g, dtype=torch.int8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-127, 128, (C, 1, k, k), generator=g, dtype=torch.int8)
+    scale = (torch.rand(C, generator=g) + 0.5) * 3.0 / (k * 74 * 73)
+    bias = torch.randn(C, generator=g)
+    pads = list(reference.normalize_padding(pad, k))
+    return x.to(device), w.to(device), scale.to(device), bias.to(device), s, pads
+
+
+def assert_matches(y, pool, x, w, sc, b, s, pads, in_zp, inv, out_zp, act, return_pool):
+    """y within 1 LSB of the reference with rare flips; pool rel err <= 1e-5."""
+    ref_y, ref_pool = reference.dwconv_int8(x.cpu(), w.cpu(), sc.cpu(), b.cpu(), s, pads, in_zp,
+                                            inv, out_zp, act, True)
+    assert y.dtype == torch.int8 and y.shape == ref_y.shape, (y.dtype, y.shape, ref_y.shape)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    d = (y.cpu().int() - ref_y.int()).abs()
+    assert d.max().item() <= 1, f"max |y - ref| = {d.max().item()} LSB"
+    flips = int((d > 0).sum())
+    assert flips <= max(1, 1e-3 * y.numel()), f"{flips} of {y.numel()} values off by 1 LSB"
+    if return_pool:
+        assert pool.dtype == torch.float32 and pool.shape == (x.shape[0], x.shape[1])
+        assert not torch.isnan(pool).any(), "pool has NaN (unwritten)"
+        assert rel_err(pool.cpu(), ref_pool) <= 1e-5, rel_err(pool.cpu(), ref_pool)
+    else:
+        assert pool.dtype == torch.float32 and pool.shape == (0,)
+
+
+# ----------------------------------------------------------------------------------- CPU, always
+
+@needs_ext
+def test_schema_declared():
+    schema = str(torch.ops.effnet.dwconv_int8.default._schema)
+    assert schema.startswith(
+        "effnet::dwconv_int8(Tensor x, Tensor weight, Tensor scale, Tensor bias, int stride, "
+        "int[] padding, int in_zp, float out_inv_scale, int out_zp, str act, bool return_pool)"
+        " -> (Tensor, Tensor)"), schema
+
+
+@needs_ext
+@needs_cuda_kernels
+def test_cuda_kernel_registered():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("effnet::dwconv_int8", "CUDA")
+
+
+# ------------------------------------------------------------------------------------------- GPU
+
+def run_op(x, w, sc, b, s, pads, in_zp, inv, out_zp, act, return_pool):
+    return torch.ops.effnet.dwconv_int8(x, w, sc, b, s, pads, in_zp, inv, out_zp, act,
+                                        return_pool)
+
+
+def check_gpu(x, w, sc, b, s, pads, act, return_pool, in_zp=-7, inv=21.5, out_zp=5):
+    y, pool = run_op(x, w, sc, b, s, pads, in_zp, inv, out_zp, act, return_pool)
+    assert y.device == x.device and pool.device == x.device
+    assert_matches(y, pool, x, w, sc, b, s, pads, in_zp, inv, out_zp, act, return_pool)
+    # Deterministic: a second run gives the same bits (no atomics in the pool).
+    y2, pool2 = run_op(x, w, sc, b, s, pads, in_zp, inv, out_zp, act, return_pool)
+    assert torch.equal(y, y2) and torch.equal(pool, pool2)
+
+
+@pytest.mark.cuda
+@needs_cuda_kernels
+@pytest.mark.parametrize("return_pool", [True, False])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_gpu_matches_reference(poison, case, act, return_pool):
+    x, w, sc, b, s, pads = make(case, device="cuda")
+    check_gpu(x, w, sc, b, s, pads, act, return_pool)
+
+
+@pytest.mark.cuda
+@needs_cuda_kernels
+@pytest.mark.parametrize("in_zp,out_zp,inv", [(-128, 127, 3.0), (127, -128, 40.0), (0, 0, 21.5),
+                                              (55, -90, 0.25)])
+def test_gpu_zero_points(poison, in_zp, out_zp, inv):
+    for case in [(1, 32, 9, 9, 5, 1, None), (2, 40, 8, 7, 3, 2, (0, 1, 0, 1)),
+                 (1, 21, 6, 9, 3, 1, None)]:
+        x, w, sc, b, s, pads = make(case, seed=3, device="cuda")
+        check_gpu(x, w, sc, b, s, pads, "relu6", True, in_zp=in_zp, inv=inv, out_zp=out_zp)
+
+
+@pytest.mark.cuda
+@needs_cuda_kernels
+@pytest.mark.parametrize("offset", [1, 8, 16])
+def test_gpu_misaligned_input(poison, offset):
+    # x at a storage offset: 1 byte rules out 8/16-byte vectors, 8 bytes allows only 8-byte ones.
+    N, C, H, W = 2, 64, 9, 7
+    x0, w, sc, b, s, pads = make((N, C, H, W, 3, 1, None), device="cuda")
+    base = torch.zeros(offset + N * H * W * C, dtype=torch.int8, device="cuda")
+    x = base[offset:].view(N, H, W, C).permute(0, 3, 1, 2)
+    x.copy_(x0)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert x.data_ptr() % 16 == (offset % 16)
+    check_gpu(x, w, sc, b, s, pads, "silu", True)
+
+
+@pytest.mark.cuda
+@needs_cuda_kernels
+def test_gpu_past_2_31_elements():
+    """x with N*C*H*W > 2**31 int8 values: 64-bit offsets. Checks the last sample."""
+    N, C, H, W = 33, 1024, 256, 256
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randint(-128, 128, (N, H, W, C), generator=g, dtype=torch.int8,
+                      device="cuda").permute(0, 3, 1, 2)
+    w = torch.randint(-127, 128, (C, 1, 3, 3), generator=g, dtype=torch.int8, device="cuda")
+    sc = torch.full((C,), 3.0 / (3 * 74 * 73), device="cuda")
+    b = torch.zeros(C, device="cuda")
+    y, pool = run_op(x, w, sc, b, 1, [1, 1, 1, 1], 3, 21.5, -2, "relu", True)
+    assert_matches(y[-1:], pool[-1:], x[-1:], w, sc, b, 1, [1, 1, 1, 1], 3, 21.5, -2, "relu",
+                   True)
+
+
+@pytest.mark.cuda
+@needs_cuda_kernels
+def test_gpu_rejects_bad_input():
+    x, w, sc, b, s, pads = make(CASES[1], device="cuda")
+    op = torch.ops.effnet.dwconv_int8
+
+    def call(x=x, w=w, sc=sc, b=b, s=s, pads=pads, in_zp=0, inv=1.0, out_zp=0, act="silu"):
+        return op(x, w, sc, b, s, pads, in_zp, inv, out_zp, act, True)
+
+    with pytest.raises(ValueError, match="channels_last"):
+        call(x=x.contiguous())
+    with pytest.raises(TypeError, match="x must be int8"):
+        call(x=x.float())
+    with pytest.raises(TypeError, match="weight must be int8"):
+        call(w=w.float())
+    with pytest.raises(ValueError, match="weight must have shape"):
+        call(w=w[:5])
+    with pytest.raises(ValueError, match="odd"):
+        call(w=torch.zeros(x.shape[1], 1, 4, 4, dtype=torch.int8, device="cuda"))
+    with pytest.raises(ValueError, match="scale must have shape"):
+        call(sc=sc[:-1])
+    with pytest.raises(TypeError, match="bias must be float32"):
+        call(b=b.double())
+    with pytest.raises(RuntimeError, match="is on cpu"):
+        call(w=w.cpu())
+    with pytest.raises(ValueError, match="stride"):
+        call(s=3)
+    with pytest.raises(ValueError, match="padding"):
+        call(pads=[3, 0, 0, 0])
+    with pytest.raises(ValueError, match="padding"):
+        call(pads=[1, 1, 1])
+    with pytest.raises(ValueError, match="in_zp"):
+        call(in_zp=128)
+    with pytest.raises(ValueError, match="out_inv_scale"):
+        call(inv=0.0)
+    with pytest.raises(ValueError, match="smaller than"):
+        call(x=torch.zeros(1, 37, 1, 1, dtype=torch.int8, device="cuda"),
+             w=torch.zeros(37, 1, 5, 5, dtype=torch.int8, device="cuda"), pads=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match="unknown activation"):
+        call(act="tanh")
+
+
+# ------------------------------------------------------------- CPU, slow: the kernel body emulated
+
+EMU_SOURCE = r"""
+#include <torch/extension.h>
+#include <cstring>
+#include <vector>
+#include "dwconv_int8_kernel.cuh"
+
+using namespace effnet;
+
+// Runs the grid as the GPU would, one block at a time: phase by phase over all the block's
+// threads (the __syncthreads between phases), shared memory pre-filled with garbage.
+template <int K, int S, int VEC, Act A>
+void run_grid(const qdw::Plan& p, const qdw::Args& a) {
+  using B = qdw::Block<K, S, VEC, A>;
+  const bool pool = a.pool_out != nullptr;
+  const int64_t words = qdw::smem_words(p, pool);
+  TORCH_CHECK(p.CT * p.RW <= 256 && words * 4 <= 48 * 1024, "block too big");
+  std::vector<int4> smem(words / 4 + 1);
+  const int nthreads = p.CT * p.RW;
+  for (int64_t bid = 0; bid < p.s.N * p.bands * p.chunks; ++bid) {
+    std::memset(smem.data(), 0x5A, smem.size() * sizeof(int4));
+    const auto m = B::carve(p, reinterpret_cast<int32_t*>(smem.data()), pool);
+    for (int tid = 0; tid < nthreads; ++tid) B::stage(p, a, m, bid, tid, nthreads);
+    for (int ty = 0; ty < p.RW; ++ty)
+      for (int tx = 0; tx < p.CT; ++tx) B::compute(p, a, m, bid, tx, ty);
+    if (pool)
+      for (int tid = 0; tid < nthreads; ++tid) B::reduce(p, a, m, bid, tid, nthreads);
+  }
+}
+
+template <int K, Act A>
+void run_fast(const qdw::Plan& p, const qdw::Args& a) {
+  if (p.vec == 16) {
+    if (p.s.stride == 1) run_grid<K, 1, 16, A>(p, a); else run_grid<K, 2, 16, A>(p, a);
+  } else {
+    if (p.s.stride == 1) run_grid<K, 1, 8, A>(p, a); else run_grid<K, 2, 8, A>(p, a);
+  }
+}
+
+// Same plan, workspace and pool finalisation as dwconv_int8_cuda(); y pre-filled with 0x55.
+std::vector<torch::Tensor> emu(torch::Tensor x, torch::Tensor weight, torch::Tensor scale,
+                               torch::Tensor bias, int64_t stride, std::vector<int64_t> padding,
+                               int64_t in_zp, double inv, int64_t out_zp, std::string act,
+                               bool return_pool, int64_t sm_count, int64_t vec_cap) {
+  const QDwShape s = check_dwconv_int8_args(x, weight, scale, bias, stride, padding, in_zp, inv,
+                                            out_zp);
+  const Act ac = parse_act(act);
+  auto w = weight.contiguous(), sc = scale.contiguous(), b = bias.contiguous();
+  auto f32 = x.options().dtype(at::kFloat);
+  auto y = torch::full({s.N, s.C, s.Ho, s.Wo}, 0x55, x.options())
+               .contiguous(at::MemoryFormat::ChannelsLast);
+  auto pool = return_pool ? torch::full({s.N, s.C}, NAN, f32) : torch::empty({0}, f32);
+  const qdw::Plan p = qdw::make_plan(s, x.data_ptr(), y.data_ptr(), sm_count, vec_cap);
+  torch::Tensor partial;
+  qdw::Args a{x.data_ptr<int8_t>(), w.data_ptr<int8_t>(), sc.data_ptr<float>(),
+              b.data_ptr<float>(), y.data_ptr<int8_t>(), nullptr};
+  if (return_pool) {
+    partial = torch::full({s.N, p.bands, s.C}, NAN, f32);
+    a.pool_out = p.bands == 1 ? pool.data_ptr<float>() : partial.data_ptr<float>();
+  }
+  dispatch_act(ac, [&](auto act_c) {
+    constexpr Act A = decltype(act_c)::value;
+    if (p.vec == 1) run_grid<0, 0, 1, A>(p, a);
+    else if (s.k == 3) run_fast<3, A>(p, a);
+    else run_fast<5, A>(p, a);
+  });
+  if (return_pool && p.bands > 1) {
+    const float* pp = partial.data_ptr<float>();
+    float* po = pool.data_ptr<float>();
+    const float f = 1.0f / static_cast<float>(s.Ho * s.Wo);
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t c = 0; c < s.C; ++c) {
+        float sum = 0.0f;
+        for (int64_t bb = 0; bb < p.bands; ++bb) sum += pp[(n * p.bands + bb) * s.C + c];
+        po[n * s.C + c] = sum * f;
+      }
+  }
+  return {y, pool, torch::tensor({static_cast<int64_t>(p.vec), p.bands})};
+}
+"""
+
+
+def _cuda_include():
+    from torch.utils import cpp_extension
+    for home in (os.environ.get("CUDA_HOME"), cpp_extension.CUDA_HOME, "/usr/local/cuda"):
+        if home and (Path(home) / "include" / "vector_types.h").is_file():
+            return str(Path(home) / "include")
+    return None
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    inc = _cuda_include()
+    if inc is None or shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers (vector_types.h)")
+    from torch.utils.cpp_extension import load_inline
+    # -ffp-contract=off: the host twin of the kernel must not fuse multiply-adds either.
+    return load_inline("effnet_qdw_emu", cpp_sources=[EMU_SOURCE], functions=["emu"],
+                       extra_include_paths=[str(ROOT / "csrc" / "quant"), inc],
+                       extra_cflags=["-O2", "-std=c++20", "-ffp-contract=off"], verbose=False)
+
+
+EMU_CASES = [c for c in CASES if c[2] * c[3] * c[1] < 200_000] + [(1, 240, 14, 14, 3, 1, None)]
+
+
+@pytest.mark.slow
+@needs_ext
+@pytest.mark.parametrize("case", EMU_CASES,
+                         ids=[f"N{c[0]}C{c[1]}_{c[2]}x{c[3]}_k{c[4]}s{c[5]}_p{c[6]}"
+                              for c in EMU_CASES])
+def test_kernel_body_emulated_on_cpu(emulator, case):
+    """Each act; pool on and off; many bands (132 SMs) and one band (1 SM); the 16-byte,
+    8-byte and generic paths forced through vec_cap."""
+    x, w, sc, b, s, pads = make(case)
+    paths_seen = set()
+    for act in ACTS:
+        for return_pool, sms, vec_cap in [(True, 132, 16), (False, 132, 16), (True, 1, 16),
+                                          (True, 132, 8), (True, 5, 1)]:
+            y, pool, info = emulator.emu(x, w, sc, b, s, pads, -7, 21.5, 5, act, return_pool,
+                                         sms, vec_cap)
+            paths_seen.add(int(info[0]))
+            assert_matches(y, pool, x, w, sc, b, s, pads, -7, 21.5, 5, act, return_pool)
+    C, k = case[1], case[4]
+    expected = {1} | ({16, 8} if C % 16 == 0 and k in (3, 5) else set()) | (
+        {8} if C % 8 == 0 and k in (3, 5) else set())
+    assert paths_seen == expected, (paths_seen, expected)
+
+
+@pytest.mark.slow
+@needs_ext
+def test_kernel_body_emulated_zero_points_and_alignment(emulator):
+    for in_zp, out_zp, inv in [(-128, 127, 3.0), (127, -128, 40.0), (0, 0, 21.5)]:
+        x, w, sc, b, s, pads = make((1, 32, 9, 9, 5, 1, None), seed=3)
+        y, pool, _ = emulator.emu(x, w, sc, b, s, pads, in_zp, inv, out_zp, "relu6", True, 132,
+                                  16)
+        assert_matches(y, pool, x, w, sc, b, s, pads, in_zp, inv, out_zp, "relu6", True)
+    N, C, H, W = 2, 64, 9, 7
+    x0, w, sc, b, s, pads = make((N, C, H, W, 3, 1, None))
+    for offset, path in [(1, 1), (8, 8), (16, 16)]:
+        base = torch.zeros(64 + N * H * W * C, dtype=torch.int8)
+        start = (-base.data_ptr()) % 16 + offset  # storage offset giving this alignment
+        x = base[start:start + N * H * W * C].view(N, H, W, C).permute(0, 3, 1, 2)
+        x.copy_(x0)
+        y, pool, info = emulator.emu(x, w, sc, b, s, pads, -7, 21.5, 5, "silu", True, 132, 16)
+        assert int(info[0]) == path
+        assert_matches(y, pool, x, w, sc, b, s, pads, -7, 21.5, 5, "silu", True)
+
