@@ -73,7 +73,8 @@ from .optimize import (
 
 __all__ = ["quantize", "load_quantized", "QuantizedEfficientNet", "QuantizedMBConv",
            "QuantizedStem", "QuantizedPointwise", "QuantizedDWConv", "quant_backends",
-           "METHODS", "qparams_from_range", "quantize_weight", "sqnr_db", "layer_sqnr"]
+           "METHODS", "qparams_from_range", "quantize_weight", "sqnr_db", "layer_sqnr",
+           "logit_sqnr_by_type"]
 
 METHODS = ("minmax", "percentile", "mse")
 _Q_OPS = ("bias_act", "se_gate", "dwconv_int8", "pointwise_int8", "quantize_per_tensor")
@@ -213,6 +214,22 @@ def _mse_range(s: Tensor, lo: float, hi: float, steps: int = 40) -> tuple[float,
     return best_lo, best_hi
 
 
+def _corrected_bias(w: Tensor, wq: Tensor, sw: Tensor, bias: Tensor, in_mean: Tensor | None,
+                    depthwise: bool = False) -> Tensor:
+    """float32 bias, minus the mean error the weight rounding adds to the output (empirical bias
+    correction, Nagel et al. 2019): δ[c] = Σ_k (s_w[c]·w_q[c, k] − w[c, k]) · E[x_k] with E[x]
+    the per-channel mean of the layer's float input over the calibration data. Inputs after
+    ReLU6 / SiLU have a large positive mean, so the rounding error of the weights does not
+    average out: it shifts every output channel by a constant that this removes."""
+    b = bias.detach().double().clone()
+    if in_mean is not None:
+        dw = (wq.double().reshape(wq.shape[0], -1) * sw.double().view(-1, 1).to(wq.device)
+              - w.detach().double().reshape(w.shape[0], -1))
+        m = in_mean.double().to(b.device)
+        b -= dw.sum(1) * m if depthwise else dw @ m
+    return b.float()
+
+
 # ----------------------------------------------------------------------------- modules
 class _QOut(nn.Module):
     """A module whose output is int8 in (out_scale, out_zp) and whose input is int8 in
@@ -263,12 +280,13 @@ class QuantizedPointwise(_QOut):
     """int8 1×1 conv + bias + act (+ gate, + residual) → int8, or the float32 pool (head)."""
 
     def __init__(self, weight: Tensor, bias: Tensor, act: str, in_q, out_q,
-                 backend: str) -> None:
+                 backend: str, in_mean: Tensor | None = None) -> None:
         super().__init__()
-        wq, sw = quantize_weight(weight.reshape(weight.shape[0], -1))
+        w2 = weight.reshape(weight.shape[0], -1)
+        wq, sw = quantize_weight(w2)
         self.register_buffer("weight", wq)
         self.register_buffer("w_scale", sw.to(weight.device))
-        self.register_buffer("bias", bias.detach().float().clone())
+        self.register_buffer("bias", _corrected_bias(w2, wq, sw, bias, in_mean))
         self.register_buffer("scale", torch.empty(0), persistent=False)
         self.register_buffer("w_sum", torch.empty(0, dtype=torch.int32), persistent=False)
         self.act, self.backend = act, backend
@@ -292,12 +310,14 @@ class QuantizedDWConv(_QOut):
     """int8 depthwise conv + bias + act → int8 (+ the float32 SE pool)."""
 
     def __init__(self, weight: Tensor, bias: Tensor, stride: int, padding, act: str, in_q,
-                 out_q, backend: str) -> None:
+                 out_q, backend: str, in_mean: Tensor | None = None) -> None:
         super().__init__()
         wq, sw = quantize_weight(weight)
         self.register_buffer("weight", wq)
         self.register_buffer("w_scale", sw.to(weight.device))
-        self.register_buffer("bias", bias.detach().float().clone())
+        # depthwise: channel c's taps all read channel c, so Σ_taps Δw[c]·mean[c]
+        self.register_buffer("bias", _corrected_bias(weight.reshape(weight.shape[0], -1), wq,
+                                                     sw, bias, in_mean, depthwise=True))
         self.register_buffer("scale", torch.empty(0), persistent=False)
         self.stride, self.padding, self.act, self.backend = stride, padding, act, backend
         self._init_q(in_q, out_q)
@@ -458,6 +478,19 @@ def _calibrate(f: FusedEfficientNet, batches: Iterable, method, percentile: floa
         def hook(_m, _args, out, name=name):
             obs[name].update(out[0] if isinstance(out, tuple) else out)
         handles.append(mod.register_forward_hook(hook))
+    # per-channel means of every int8 layer's float input (gated for the project conv), for
+    # the bias correction
+    sums: dict[str, list] = {}
+    for name, mod in _layers(f).items():
+        def pre(_m, args, kwargs, name=name):
+            x = args[0].double()
+            g = kwargs.get("gate")
+            if g is not None:
+                x = x * g.double()[:, :, None, None]
+            acc = sums.setdefault(name, [0.0, 0])
+            acc[0] = acc[0] + x.sum(dim=(0, 2, 3))
+            acc[1] += x.shape[0] * x.shape[2] * x.shape[3]
+        handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
     cin = f.stem.weight.shape[1]
     n = 0
     total = len(batches) if hasattr(batches, "__len__") else None
@@ -488,12 +521,29 @@ def _calibrate(f: FusedEfficientNet, batches: Iterable, method, percentile: floa
         scale, zp = qparams_from_range(lo, hi)
         out[name] = {"method": m, "range": (min(lo, 0.0), max(hi, 0.0)), "seen": (obs[name].lo,
                      obs[name].hi), "scale": scale, "zero_point": zp}
+    means = {name: (v[0] / max(v[1], 1)).float() for name, v in sums.items()}
+    return out, means
+
+
+def _layers(f) -> dict[str, nn.Module]:
+    """name → every layer that runs in int8 (expand, dw, project, head) of a fused or quantized
+    model, in forward order."""
+    out = {}
+    for s, stage in enumerate(f.blocks):
+        for j, blk in enumerate(stage):
+            for part in ("expand", "dw", "project"):
+                m = getattr(blk, part)
+                if m is not None:
+                    out[f"blocks.{s}.{j}.{part}"] = m
+    out["head"] = f.head
     return out
 
 
 def _build(f: FusedEfficientNet, calib: dict[str, dict], be: dict[str, str],
-           subs: dict[str, str], requested: str, device: torch.device
-           ) -> QuantizedEfficientNet:
+           subs: dict[str, str], requested: str, device: torch.device,
+           means: dict[str, Tensor] | None = None) -> QuantizedEfficientNet:
+    means = means or {}
+
     def q(name):
         c = calib[name]
         return (c["scale"], c["zero_point"])
@@ -512,13 +562,13 @@ def _build(f: FusedEfficientNet, calib: dict[str, dict], be: dict[str, str],
             if blk.expand is not None:
                 e = blk.expand
                 expand = QuantizedPointwise(e.weight, e.bias, e.act, x_q, q(name + ".expand"),
-                                            be["pointwise_int8"])
+                                            be["pointwise_int8"], means.get(name + ".expand"))
                 h_q = q(name + ".expand")
             else:
                 h_q = x_q
             d = blk.dw
             dw = QuantizedDWConv(d.weight, d.bias, d.stride, d.padding, d.act, h_q,
-                                 q(name + ".dw"), be["dwconv_int8"])
+                                 q(name + ".dw"), be["dwconv_int8"], means.get(name + ".dw"))
             se = None
             if blk.se is not None:
                 from .nn import SqueezeExcite
@@ -528,12 +578,13 @@ def _build(f: FusedEfficientNet, calib: dict[str, dict], be: dict[str, str],
                                    backend=be["se_gate"])
             p = blk.project
             project = QuantizedPointwise(p.weight, p.bias, p.act, q(name + ".dw"), q(name),
-                                         be["pointwise_int8"])
+                                         be["pointwise_int8"], means.get(name + ".project"))
             blocks.append(QuantizedMBConv(expand, dw, se, project, blk.use_residual))
             prev = q(name)
         stages.append(nn.Sequential(*blocks))
     hd = f.head
-    head = QuantizedPointwise(hd.weight, hd.bias, hd.act, prev, (1.0, 0), be["pointwise_int8"])
+    head = QuantizedPointwise(hd.weight, hd.bias, hd.act, prev, (1.0, 0), be["pointwise_int8"],
+                              means.get("head"))
     classifier = FrozenLinear(f.classifier.weight, f.classifier.bias)
     return QuantizedEfficientNet(stem, nn.Sequential(*stages), head, classifier, backends=be,
                                  substitutions=subs, name=f.name + "_int8",
@@ -556,8 +607,9 @@ def _float_model(model: nn.Module, dtype) -> FusedEfficientNet:
 
 def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "auto", *,
              method="percentile", percentile: float = 99.99, max_samples: int = 1 << 19,
-             dtype: torch.dtype | None = None, cuda_graph: bool = False,
-             progress: bool = False, seed: int = 0) -> QuantizedEfficientNet:
+             bias_correction: bool = True, dtype: torch.dtype | None = None,
+             cuda_graph: bool = False, progress: bool = False, seed: int = 0
+             ) -> QuantizedEfficientNet:
     """INT8 inference model from ``model`` (see this module's docstring).
 
     Args:
@@ -572,6 +624,8 @@ def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "au
             the tensor names to methods (first match wins; include "*").
         percentile: the upper percentile for "percentile" (the lower one is 100 − it).
         max_samples: values sampled per tensor for "percentile" / "mse".
+        bias_correction: subtract from each int8 layer's bias the mean error its weight
+            rounding adds (measured on the calibration data; see ``_corrected_bias``).
         cuda_graph: capture the forward in CUDA graphs (CUDA models).
         progress: show a progress bar over the calibration batches.
 
@@ -591,9 +645,9 @@ def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "au
                         "in a list")
     f = _float_model(model, dtype)
     be, subs = quant_backends(backend, f.device)
-    calib = _calibrate(f, calibration_batches, method, float(percentile), int(max_samples),
-                       progress, seed)
-    qm = _build(f, calib, be, subs, backend, f.device)
+    calib, means = _calibrate(f, calibration_batches, method, float(percentile),
+                              int(max_samples), progress, seed)
+    qm = _build(f, calib, be, subs, backend, f.device, means if bias_correction else None)
     if cuda_graph:
         if f.device.type != "cuda":
             raise RuntimeError(f"cuda_graph=True needs a CUDA model; it is on {f.device}")
@@ -699,3 +753,71 @@ def layer_sqnr(q: QuantizedEfficientNet, f: FusedEfficientNet, x: Tensor) -> lis
         rows.append({"name": "logits", "type": "logits",
                      "sqnr_db": sqnr_db(ref_logits.float(), q(x).float())})
     return rows
+
+
+_ABLATION_TYPES = ("stem", "expand", "dw", "project", "head")
+
+
+def logit_sqnr_by_type(q: QuantizedEfficientNet, f: FusedEfficientNet, x: Tensor,
+                       types=_ABLATION_TYPES) -> dict[str, float]:
+    """End-to-end view of where the error enters: the logits' SQNR (dB) against ``f`` when only
+    one layer type is quantised — its int8 weights and its int8 output, with ``q``'s
+    calibration — and everything else runs in float. Simulated in float on ``f`` (weights
+    swapped for their dequantised int8 values, outputs rounded to their int8 grid by forward
+    hooks): equal to the integer arithmetic up to float rounding (the SE gate's int8 rounding
+    is not simulated). Types: stem (its output), expand, dw, project (with the block output it
+    writes), head (weights only: the pool stays float); "dw.weight" / "dw.out" split the
+    depthwise conv's two error sources. Also ``"all"``: every type at once."""
+    with torch.no_grad():
+        ref = f.forward_eager(x).float()
+    fblocks = [b for st in f.blocks for b in st]
+    qblocks = q.fused_blocks()
+
+    def fq(t, qp):  # round onto the int8 grid, back to float in t's dtype
+        return reference.dequantize(reference.requantize(t, 1.0 / qp[0], qp[1]),
+                                    qp[0], qp[1]).to(t.dtype)
+
+    def run(which) -> float:
+        handles, saved = [], []
+
+        def swap(fm, qm):  # the int8 layer's dequantised weights and (corrected) bias
+            shape = fm.weight.shape
+            w = (qm.weight.float() * qm.w_scale.view(-1, *([1] * (qm.weight.dim() - 1))))
+            saved.append((fm, fm.weight, fm.bias))
+            fm.weight = w.reshape(shape).to(fm.weight.dtype)
+            fm.bias = qm.bias.to(fm.bias.dtype)
+
+        def out_hook(qp):
+            def h(_m, _a, out):
+                if isinstance(out, tuple):
+                    return (fq(out[0], qp),) + tuple(out[1:])
+                return fq(out, qp)
+            return h
+
+        if "stem" in which:
+            handles.append(f.stem.register_forward_hook(out_hook(q.stem.out_q)))
+        for fb, qb in zip(fblocks, qblocks):
+            if "expand" in which and fb.expand is not None:
+                swap(fb.expand, qb.expand)
+                handles.append(fb.expand.register_forward_hook(out_hook(qb.expand.out_q)))
+            if "dw" in which or "dw.weight" in which:
+                swap(fb.dw, qb.dw)
+            if "dw" in which or "dw.out" in which:
+                handles.append(fb.dw.register_forward_hook(out_hook(qb.dw.out_q)))
+            if "project" in which:
+                swap(fb.project, qb.project)
+                handles.append(fb.register_forward_hook(out_hook(qb.project.out_q)))
+        if "head" in which:
+            swap(f.head, q.head)
+        try:
+            with torch.no_grad():
+                return sqnr_db(ref, f.forward_eager(x).float())
+        finally:
+            for h in handles:
+                h.remove()
+            for fm, w, b in reversed(saved):
+                fm.weight, fm.bias = w, b
+
+    out = {t: run({t}) for t in types}
+    out["all"] = run(set(types))
+    return out

@@ -70,6 +70,29 @@ def test_quantize_weight_per_channel():
     assert s[3].item() == 1.0
 
 
+def test_bias_correction_removes_the_mean_error_of_rounded_weights():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(16, 40, generator=g)
+    x = torch.rand(5000, 40, generator=g) * 6  # post-ReLU6-like: large positive mean
+    wq, sw = quant.quantize_weight(w)
+    wd = wq.float() * sw[:, None]
+    b = torch.randn(16, generator=g)
+    err_plain = (x @ wd.t() + b - (x @ w.t() + b)).mean(0)
+    bc = quant._corrected_bias(w, wq, sw, b, x.mean(0))
+    err_corr = (x @ wd.t() + bc - (x @ w.t() + b)).mean(0)
+    assert err_plain.abs().max() > 1e-3  # the rounding error does not average out ...
+    assert err_corr.abs().max() < err_plain.abs().max() / 100  # ... until corrected
+    assert torch.equal(quant._corrected_bias(w, wq, sw, b, None), b)
+    # depthwise: every tap of channel c reads channel c
+    wdw = torch.randn(8, 1, 3, 3, generator=g)
+    q2, s2 = quant.quantize_weight(wdw)
+    m = torch.rand(8, generator=g) + 1
+    want = b[:8].double() - ((q2.double() * s2.double().view(8, 1, 1, 1) - wdw.double())
+                             .reshape(8, -1).sum(1) * m.double())
+    torch.testing.assert_close(quant._corrected_bias(wdw, q2, s2, b[:8], m, depthwise=True),
+                               want.float())
+
+
 def test_sqnr():
     x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     assert quant.sqnr_db(x, x) == math.inf
@@ -363,6 +386,7 @@ def test_lite0_int8_accuracy_on_held_out_crops():
     calib = data.random_crops(data.CALIBRATION_IMAGES, 4, seed=1)
     ev = data.random_crops(data.HELD_OUT_IMAGES, 8, seed=2)
     q = quant.quantize(f, list(calib.split(12)), backend="torch", method="percentile")
+    assert q.backends["pointwise_int8"] == "torch"
     with torch.no_grad():
         lf = torch.cat([f(c) for c in ev.split(32)])
         lq = torch.cat([q(c) for c in ev.split(32)])
@@ -375,4 +399,30 @@ def test_lite0_int8_accuracy_on_held_out_crops():
     assert s >= SQNR_FLOOR, (agree, top5, s)
 
 
-AGREE_FLOOR, TOP5_FLOOR, SQNR_FLOOR = 0.9, 0.85, 15.0  # placeholders, set from measurement
+# Measured with this exact configuration (seeds fixed, the integer reference is deterministic):
+# agreement 0.953 (61 / 64 crops), top-5 overlap 0.934, logit SQNR 22.3 dB. Floors: one or two
+# more flips, ~2 dB.
+AGREE_FLOOR, TOP5_FLOOR, SQNR_FLOOR = 0.92, 0.90, 20.0
+
+
+_HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+
+@pytest.mark.skipif(not _HAVE_TRITON, reason="triton is not installed")
+def test_quantized_model_triton_backend_matches_reference(b0_small):
+    """The whole int8 model on the Triton kernels (interpreter on the CPU, GPU otherwise) against
+    the integer reference: each op is within 1 LSB, so the logits agree closely (not exactly:
+    a 1-LSB difference propagates)."""
+    m, f, calib = b0_small
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu" and not ops.triton_interpreting():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (set by conftest)")
+    fd = ek.optimize(m.to(dev), backend="torch", dtype=torch.float32)
+    small = [c[:2, :, :16, :16].to(dev) for c in calib]
+    qt = quant.quantize(fd, small, backend="triton", method="minmax")
+    qr = quant.load_quantized(m, qt.state_dict(), backend="torch")
+    assert qt.backends["pointwise_int8"] == "triton" and qt.backends["dwconv_int8"] == "triton"
+    x = small[0]
+    lt, lr = qt(x).float().cpu(), qr(x.cpu()).float()
+    assert quant.sqnr_db(lr, lt) > 30.0
+    assert torch.equal(lt.argmax(1), lr.argmax(1))

