@@ -49,6 +49,12 @@ done
 # Whole models against the baselines: B0 and B4, batch 1 and 256, fp16, every backend.
 step bench bench.log env EFFNET_COMMIT="$COMMIT" "$PY" -P -m effnet_kernels bench --quick \
   --json "$OUT/bench.json"
+# INT8 (issue 7): B0, ours int8 (cuda / triton) vs ours fp16 vs cuDNN fp16 vs torch._int_mm +
+# cuDNN fp16. One Triton config per kernel (EFFNET_TRITON_AUTOTUNE=0): autotuning every int8
+# GEMM shape of B0 would not fit the budget, so these int8 numbers are for untuned tiles.
+step bench_int8 bench_int8.log env EFFNET_COMMIT="$COMMIT" EFFNET_TRITON_AUTOTUNE=0 "$PY" -P \
+  -m effnet_kernels bench --quick --models efficientnet_b0 --batch 1,256 --dtype fp16,int8 \
+  --json "$OUT/bench_int8.json"
 
 if [ $DRY = 0 ]; then
   "$PY" - "$OUT" "$COMMIT" "${FAILED[*]:-}" <<'PY'
