@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from .convert import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["CALIBRATION_IMAGES", "HELD_OUT_IMAGES", "load_image", "random_crops"]
+__all__ = ["CALIBRATION_IMAGES", "HELD_OUT_IMAGES", "load_image", "random_crops",
+           "bn_stats_from_random_data"]
 
 CALIBRATION_IMAGES = ("astronaut", "coffee", "rocket", "hubble_deep_field",
                       "immunohistochemistry", "camera", "coins", "brick", "grass")
@@ -78,3 +79,21 @@ def random_crops(names, per_image: int, size: int = 224, seed: int = 0,
                                      align_corners=False, antialias=True))
     x = torch.cat(out) if out else torch.empty(0, 3, size, size)
     return ((x - mean) / std).contiguous()
+
+
+def bn_stats_from_random_data(model: torch.nn.Module, resolution: int, batches: int = 3,
+                              batch_size: int = 4, seed: int = 0) -> torch.nn.Module:
+    """Give a randomly initialised model BN running statistics measured on N(0, 1) inputs, in
+    place, and return it in eval mode. A random init's default statistics (mean 0, var 1) make
+    the activations shrink layer by layer until they vanish, which makes quantisation (or any
+    numerics) tests on such a model meaningless."""
+    g = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.momentum = None  # a cumulative average over the batches
+            mod.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(batch_size, 3, resolution, resolution, generator=g))
+    return model.eval()

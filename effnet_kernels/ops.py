@@ -227,6 +227,11 @@ def _check_dwconv(x, weight, bias, stride, padding, act) -> tuple[int, int, int,
         raise RuntimeError(f"{op}: weight is on {weight.device} but x is on {x.device}")
     _check_channel_vector(bias, x, op, "bias")
     _check_act(act, op)
+    return _check_dw_geometry(x, k, stride, padding, op)
+
+
+def _check_dw_geometry(x, k: int, stride, padding, op: str) -> tuple[int, int, int, int]:
+    """Stride, padding and output size of a k×k depthwise conv on x; the normalised pads."""
     if stride not in (1, 2):
         raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
     pads = reference.normalize_padding(padding, k)
@@ -508,15 +513,7 @@ def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     _check_qvec(scale, C, op, "scale", x.device)
     _check_qvec(bias, C, op, "bias", x.device)
     _check_act(act, op)
-    if stride not in (1, 2):
-        raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
-    pads = reference.normalize_padding(padding, k)
-    if any(p < 0 or p >= k for p in pads):
-        raise ValueError(f"{op}: each padding must be in [0, k-1] = [0, {k - 1}], got {pads}")
-    Ho, Wo = dwconv_out_size(x.shape[2], x.shape[3], k, stride, pads)
-    if Ho < 1 or Wo < 1:
-        raise ValueError(f"{op}: input {tuple(x.shape[2:])} with padding {pads} is smaller than "
-                         f"the {k}x{k} kernel")
+    pads = _check_dw_geometry(x, k, stride, padding, op)
     in_zp, out_zp = _check_zp(in_zp, op, "in_zp"), _check_zp(out_zp, op, "out_zp")
     out_inv_scale = _check_inv_scale(out_inv_scale, op, "out_inv_scale")
     weight = weight.contiguous()

@@ -89,14 +89,17 @@ def _supported(op: str) -> tuple[str, ...]:
     return tuple(getattr(ops, "_OP_BACKENDS", {}).get(op, _ALL_BACKENDS))
 
 
-def op_backends(backend: str = "auto", device: torch.device | str = "cpu"
+def op_backends(backend: str = "auto", device: torch.device | str = "cpu",
+                op_names: tuple[str, ...] = _FUSED_OPS, cpu_auto_torch: tuple[str, ...] = ()
                 ) -> tuple[dict[str, str], dict[str, str]]:
     """Per-op backends for ``backend`` on tensors of ``device``: ``(backends, substitutions)``.
 
     ``backends`` maps each fused op to the backend it runs on; ``substitutions`` maps an op that
     lacks the requested backend to the reason it runs elsewhere (``pointwise_conv`` on "cuda"
     runs on "triton"). Raises ``ValueError`` for an unknown name, ``RuntimeError`` when the
-    backend (or its substitute) is not available.
+    backend (or its substitute) is not available. ``op_names``: the ops to resolve (default the
+    fused float ops); ``cpu_auto_torch``: ops that "auto" puts on the torch reference for CPU
+    tensors (the int8 ops, which have no CPU kernels).
     """
     if backend not in ops.BACKENDS:
         raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
@@ -105,11 +108,14 @@ def op_backends(backend: str = "auto", device: torch.device | str = "cpu"
     subs: dict[str, str] = {}
     if backend == "auto":
         avail = ops.available_backends(device)
-        for op in _FUSED_OPS:
+        for op in op_names:
+            if device.type == "cpu" and op in cpu_auto_torch:
+                out[op] = "torch"
+                continue
             out[op] = next(b for b in avail if b in _supported(op))  # "torch" is in both
         return out, subs
     ops.resolve_backend(backend, device)  # RuntimeError naming what is missing
-    for op in _FUSED_OPS:
+    for op in op_names:
         sup = _supported(op)
         if backend in sup:
             out[op] = backend

@@ -66,8 +66,7 @@ from .optimize import (
     FusedEfficientNet,
     FusedMBConv,
     FusedStem,
-    _fused_block,  # noqa: F401  (re-exported for tests building single blocks)
-    _supported,
+    op_backends,
     optimize,
 )
 
@@ -77,42 +76,22 @@ __all__ = ["quantize", "load_quantized", "QuantizedEfficientNet", "QuantizedMBCo
            "logit_sqnr_by_type"]
 
 METHODS = ("minmax", "percentile", "mse")
-_Q_OPS = ("bias_act", "se_gate", "dwconv_int8", "pointwise_int8", "quantize_per_tensor")
-_SUBSTITUTE = {"cuda": "triton"}
+_INT8_OPS = ("dwconv_int8", "pointwise_int8", "quantize_per_tensor")
+_Q_OPS = ("bias_act", "se_gate", *_INT8_OPS)
 
 
 # ----------------------------------------------------------------------------- backends
 def quant_backends(backend: str = "auto", device: torch.device | str = "cpu"
                    ) -> tuple[dict[str, str], dict[str, str]]:
-    """Per-op backends of the quantized model: ``(backends, substitutions)`` (see module doc)."""
-    if backend not in ops.BACKENDS:
-        raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
-    device = torch.device(device)
-    out: dict[str, str] = {}
-    subs: dict[str, str] = {}
-    if backend == "auto":
-        avail = ops.available_backends(device)
-        for op in _Q_OPS:
-            if op in ("dwconv_int8", "pointwise_int8", "quantize_per_tensor") \
-                    and device.type == "cpu":
-                out[op] = "torch"  # no CPU int8 kernels; Triton's interpreter is a test tool
-            else:
-                out[op] = next(b for b in avail if b in _supported(op))
-        return out, subs
-    ops.resolve_backend(backend, device)  # RuntimeError naming what is missing
-    for op in _Q_OPS:
-        sup = _supported(op)
-        if backend in sup:
-            out[op] = backend
-            continue
-        alt = _SUBSTITUTE.get(backend)
-        if alt is None or alt not in sup:
-            raise RuntimeError(f"{op} has no {backend!r} implementation (it has {sup}); "
-                               "use backend='torch' for the integer reference on the CPU")
-        ops.resolve_backend(alt, device)
-        out[op] = alt
-        subs[op] = f"{alt!r} (no {backend!r} kernel)"
-    return out, subs
+    """Per-op backends of the quantized model: ``(backends, substitutions)`` (see the module
+    doc; ``optimize.op_backends`` over the int8 model's ops)."""
+    try:
+        return op_backends(backend, device, _Q_OPS, cpu_auto_torch=_INT8_OPS)
+    except RuntimeError as e:
+        if backend == "cpu":
+            raise RuntimeError(f"{e}; use backend='torch' for the integer reference on the "
+                               "CPU") from None
+        raise
 
 
 # ----------------------------------------------------------------------------- quant math
@@ -682,13 +661,7 @@ def layer_sqnr(q: QuantizedEfficientNet, f: FusedEfficientNet, x: Tensor) -> lis
     rows: list[dict] = []
     cap: dict[str, tuple] = {}
     handles = []
-    pts = {"stem": f.stem, "head": f.head}
-    for s, stage in enumerate(f.blocks):
-        for j, blk in enumerate(stage):
-            for part in ("expand", "dw", "project"):
-                m = getattr(blk, part)
-                if m is not None:
-                    pts[f"blocks.{s}.{j}.{part}"] = m
+    pts = {"stem": f.stem, **_layers(f)}
     for name, mod in pts.items():
         def hook(_m, args, kwargs, out, name=name):
             cap[name] = (args, kwargs, out)
@@ -700,13 +673,7 @@ def layer_sqnr(q: QuantizedEfficientNet, f: FusedEfficientNet, x: Tensor) -> lis
         for h in handles:
             h.remove()
 
-    qmods = {"stem": q.stem, "head": q.head}
-    for s, stage in enumerate(q.blocks):
-        for j, blk in enumerate(stage):
-            for part in ("expand", "dw", "project"):
-                m = getattr(blk, part)
-                if m is not None:
-                    qmods[f"blocks.{s}.{j}.{part}"] = m
+    qmods = {"stem": q.stem, **_layers(q)}
     block_in_q = {}
     for s, stage in enumerate(q.blocks):
         for j, blk in enumerate(stage):

@@ -302,20 +302,9 @@ def test_cli_bench_int8_on_the_cpu(tmp_path):
 
 
 def _with_data_bn(m, res: int, seed: int = 0):
-    """BN running statistics measured on random inputs (the random init's (0, 1) stats make
-    activations vanish layer by layer, which would make a quantisation test meaningless)."""
-    import torch
+    from effnet_kernels.data import bn_stats_from_random_data
 
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.momentum = None
-            mod.reset_running_stats()
-    m.train()
-    with torch.no_grad():
-        for _ in range(2):
-            m(torch.randn(4, 3, res, res, generator=g))
-    return m.eval()
+    return bn_stats_from_random_data(m, res, batches=2, seed=seed)
 
 
 def _sqnr(ref, test):

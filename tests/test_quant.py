@@ -233,19 +233,9 @@ def test_int8_opcheck():
 
 # ----------------------------------------------------------------------------- models
 def _with_data_bn(m: torch.nn.Module, res: int, seed: int = 0) -> torch.nn.Module:
-    """Random weights with BN statistics measured on random inputs: a randomly initialised
-    network's default running stats (0, 1) make activations vanish layer by layer, which would
-    make any quantisation test meaningless."""
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.momentum = None
-            mod.reset_running_stats()
-    m.train()
-    with torch.no_grad():
-        for _ in range(3):
-            m(torch.randn(4, 3, res, res, generator=g))
-    return m.eval()
+    from effnet_kernels.data import bn_stats_from_random_data
+
+    return bn_stats_from_random_data(m, res, seed=seed)
 
 
 @pytest.fixture(scope="module")
