@@ -31,12 +31,14 @@ Per MBConv block (int8 in, int8 out)::
 Calibration (``method``): run the float model over ``calibration_batches`` and observe every
 quantised tensor: running min/max, plus a random sample of up to 2¹⁹ values per tensor
 (``max_samples``). ``"minmax"`` uses the observed range; ``"percentile"`` the
-``percentile`` / ``100 − percentile`` quantiles of the sample (default 99.99); ``"mse"`` the
-clipping range that minimises the quantisation MSE on the sample (coordinate search over the
-upper then the lower bound). ``method`` can be one name or a dict of ``fnmatch`` patterns over
-the tensor names (``"stem"``, ``"blocks.3.1.expand"``, ``"blocks.3.1.dw"``, ``"blocks.3.1"``
-for a block output) to methods, the first match wins and ``"*"`` is the default
-(``q.calibration`` records what each tensor got).
+``percentile`` / ``100 − percentile`` quantiles of the sample (default 99.99); ``"mse"`` (the
+default: the best logit SQNR in ``benchmarks/results/int8_accuracy.md``) the clipping range that
+minimises the quantisation MSE on (up to 2¹⁷ values of) the sample, by a coordinate search over
+the upper then the lower bound. ``method`` can also be a dict of ``fnmatch`` patterns over the
+tensor names (``"stem"``, ``"blocks.3.1.expand"``, ``"blocks.3.1.dw"``, ``"blocks.3.1"`` for a
+block output) to methods, the first match wins and ``"*"`` is the default (``q.calibration``
+records what each tensor got). Then (``bias_correction=True``) each int8 layer's bias absorbs
+the mean error its rounded weights add, measured on the same batches.
 
 Backends (resolved once, per op, ``q.backends``): ``"torch"`` is the exact integer reference
 (the oracle; the way accuracy is measured without a GPU); ``"triton"`` runs both int8 ops in
@@ -178,9 +180,13 @@ def _fake_quant(v: Tensor, lo: float, hi: float) -> Tensor:
     return (q - zp) * scale
 
 
-def _mse_range(s: Tensor, lo: float, hi: float, steps: int = 40) -> tuple[float, float]:
-    """Clipping range minimising Σ(v − fakequant(v))² over the sample: the upper bound over
-    ``steps`` fractions of hi (lower bound fixed), then the lower bound likewise."""
+def _mse_range(s: Tensor, lo: float, hi: float, steps: int = 40,
+               max_search: int = 1 << 17) -> tuple[float, float]:
+    """Clipping range minimising Σ(v − fakequant(v))² over the sample (at most ``max_search``
+    values of it): the upper bound over ``steps`` fractions of hi (lower bound fixed), then the
+    lower bound likewise."""
+    if s.numel() > max_search:
+        s = s[torch.randperm(s.numel(), generator=torch.Generator().manual_seed(0))[:max_search]]
     s = s.double()
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     fracs = torch.linspace(0.2, 1.0, steps, dtype=torch.float64).tolist()
@@ -585,7 +591,7 @@ def _float_model(model: nn.Module, dtype) -> FusedEfficientNet:
 
 
 def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "auto", *,
-             method="percentile", percentile: float = 99.99, max_samples: int = 1 << 19,
+             method="mse", percentile: float = 99.99, max_samples: int = 1 << 19,
              bias_correction: bool = True, dtype: torch.dtype | None = None,
              cuda_graph: bool = False, progress: bool = False, seed: int = 0
              ) -> QuantizedEfficientNet:
@@ -599,8 +605,9 @@ def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "au
             labels) pairs), preprocessed like the inference inputs. Not empty.
         backend: "auto", "cuda", "triton" or "torch" (the integer reference); "cpu" has no int8
             kernels and raises.
-        method: "minmax", "percentile" (default) or "mse", or a dict of fnmatch patterns over
-            the tensor names to methods (first match wins; include "*").
+        method: "minmax", "percentile" or "mse" (default: best logit SQNR on Lite0 and B0 in
+            benchmarks/results/int8_accuracy.md), or a dict of fnmatch patterns over the
+            tensor names to methods (first match wins; include "*").
         percentile: the upper percentile for "percentile" (the lower one is 100 − it).
         max_samples: values sampled per tensor for "percentile" / "mse".
         bias_correction: subtract from each int8 layer's bias the mean error its weight
