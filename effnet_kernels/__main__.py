@@ -1,7 +1,8 @@
 """Command line: ``python -m effnet_kernels {info,demo,bench}``.
 
   info   how the compiled core was built, the devices, and the backends each can use
-  demo   classify images with the real pretrained EfficientNet-Lite0 weights (top-5 + timing)
+  demo   classify images with the real pretrained EfficientNet-Lite0 weights (top-5 + timing;
+         --int8 adds the INT8 model's top-1)
   bench  benchmark whole models against the baselines (effnet_kernels/bench.py)
 """
 
@@ -91,6 +92,16 @@ def cmd_demo(args) -> int:
 
     fused = ek.optimize(model, backend=args.backend)
     images = args.images or list(DEFAULT_IMAGES)
+    q = None
+    if args.int8:
+        from effnet_kernels import data
+
+        calib = data.random_crops(data.CALIBRATION_IMAGES, 4, seed=1)
+        q = ek.quantize(fused, list(calib.split(12)), backend="auto")
+        print(f"INT8: ek.quantize calibrated on {len(calib)} random crops of "
+              f"{len(data.CALIBRATION_IMAGES)} scikit-image pictures; int8 ops on "
+              f"{q.backends['pointwise_int8']!r} (on the CPU that is the exact integer "
+              "reference, an oracle: its time is not a kernel's)")
     print(f"EfficientNet-Lite0, real ImageNet weights, on CPU ({torch.get_num_threads()} threads): "
           f"eager PyTorch vs ek.optimize (backends {fused.backends})")
 
@@ -114,6 +125,12 @@ def cmd_demo(args) -> int:
                   f"({ms / ms_f:.2f}x, {same})")
             for p, i in zip(top.values.tolist(), top.indices.tolist()):
                 print(f"  {p:6.3f}  {LABELS[i]}")
+            if q is not None:
+                logits_q, ms_q = timed(q, x)
+                pq = logits_q.float().softmax(-1)[0]
+                i = int(pq.argmax())
+                same = "same top-1" if i == int(logits_f.argmax()) else "TOP-1 DIFFERS"
+                print(f"  int8: {pq[i]:.3f}  {LABELS[i]}  ({same} as fp32; {ms_q:.1f} ms/image)")
     return 0
 
 
@@ -130,6 +147,8 @@ def main(argv=None) -> int:
     pd.add_argument("--repeat", type=int, default=5, help="timed forwards per image (default 5)")
     pd.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch"],
                     help="backend of the optimized model (default: auto = best available)")
+    pd.add_argument("--int8", action="store_true",
+                    help="also run the INT8 model (ek.quantize, calibrated on other pictures)")
     pd.set_defaults(fn=cmd_demo)
     from effnet_kernels import bench
 

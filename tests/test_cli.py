@@ -38,3 +38,13 @@ def test_demo_missing_file_is_a_clear_error():
     assert r.returncode != 0
     assert "cannot read image" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_demo_int8_agrees_on_the_cat():
+    r = run_demo("--int8", "chelsea")
+    assert r.returncode == 0, r.stderr
+    assert "INT8: ek.quantize calibrated on" in r.stdout
+    m = re.search(r"^\s+int8: ([\d.]+)\s+(.+?)\s+\((same top-1|TOP-1 DIFFERS)", r.stdout, re.M)
+    assert m, r.stdout
+    assert m.group(2) in ("Egyptian cat", "tabby", "tiger cat") and m.group(3) == "same top-1"
+    assert 0.2 < float(m.group(1)) < 0.6  # fp32 says Egyptian cat 0.348
