@@ -102,6 +102,7 @@ def b0_report(resolution: int, say) -> dict:
 
 def to_markdown(doc: dict) -> str:
     L = [f"# INT8 accuracy (commit {doc['commit']}, {doc['date']})", "",
+         "Defaults of `ek.quantize`: bias correction on, first depthwise conv float.", "",
          f"Measured with the exact integer reference (`backend=\"torch\"`) on {doc['cpu']}, "
          f"torch {doc['torch']}. Reproduce: `python -P benchmarks/int8_accuracy.py`. The CUDA / "
          "Triton int8 kernels equal this reference within 1 LSB per op (tests), so these "
@@ -146,11 +147,14 @@ def to_markdown(doc: dict) -> str:
         L.append("")
     L += ["Reading (bias correction on, as by default): each int8 layer on its own keeps "
           "roughly 30–45 dB, but ~50 int8 layers in sequence add their noise, so the logits end "
-          "15–20 dB lower. On Lite0 the largest single source is the block outputs (project: "
+          "15–20 dB lower. The first depthwise conv is float by default (its int8 weights "
+          "alone took Lite0's logits to 22.3 dB; with it float the logit SQNR rose 23.0 → 25.5 "
+          "dB on 64 held-out crops), so the stem column is empty. On Lite0 the largest single "
+          "remaining source is the block outputs (project: "
           "the residual stream, heavy-tailed across channels with one scale per tensor), then "
           "the expand and depthwise weights. Clipping a bounded activation only loses: the "
-          "percentile method clips some ReLU6 outputs below 6 (dw.out 24.7 dB vs 37.8 dB with "
-          "min/max). MSE calibration has the best logit SQNR on both models and is the "
+          "percentile method clips some ReLU6 outputs below 6 (its dw.out column against "
+          "min/max's). MSE calibration has the best logit SQNR on both models and is the "
           "default; percentile has the best top-1 agreement by one crop. Top-1 flips happen "
           "only on crops whose FP32 prediction is itself unsure (max softmax ≤ 0.5): on the "
           "crops FP32 is confident about, agreement is 1.0 for every method.", ""]

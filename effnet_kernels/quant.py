@@ -13,6 +13,8 @@ Scheme (the arithmetic is defined exactly by ``reference.py``, section "INT8"):
 * **Kept in float** (and why): the *stem conv* (3 input channels, 0.6 % of B0's MACs; its input
   is the image and its int8 output is what the first block reads, so quantising its output
   captures the traffic win — the conv itself runs in float, then ``bias_act`` and a quantise);
+  the *first depthwise conv* (it reads the float stem output; its int8 weights alone cost
+  Lite0's logits 22 dB, see ``FloatDWConvQuantOut``; ``first_dw_float=False`` quantises it too);
   the *SE FCs* (``se_gate`` in float32 from the float32 pool that the int8 depthwise kernel
   computes from its *float* activations before requantising: a few KB per image, and the gate
   multiplies every channel of the block, so its error would be everywhere); the *head pool and
@@ -73,13 +75,14 @@ from .optimize import (
 )
 
 __all__ = ["quantize", "load_quantized", "QuantizedEfficientNet", "QuantizedMBConv",
-           "QuantizedStem", "QuantizedPointwise", "QuantizedDWConv", "quant_backends",
+           "QuantizedStem", "QuantizedPointwise", "QuantizedDWConv", "FloatDWConvQuantOut",
+           "quant_backends",
            "METHODS", "qparams_from_range", "quantize_weight", "sqnr_db", "layer_sqnr",
            "logit_sqnr_by_type"]
 
 METHODS = ("minmax", "percentile", "mse")
 _INT8_OPS = ("dwconv_int8", "pointwise_int8", "quantize_per_tensor")
-_Q_OPS = ("bias_act", "se_gate", *_INT8_OPS)
+_Q_OPS = ("bias_act", "dwconv_bias_act", "se_gate", *_INT8_OPS)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -331,10 +334,12 @@ class QuantizedStem(_QOut):
     """The float stem (``FusedStem``: conv + bias_act in the model's float dtype), then the
     quantise of its output to int8 (in_scale/in_zp unused)."""
 
-    def __init__(self, stem: FusedStem, out_q, backend: str = "auto") -> None:
+    def __init__(self, stem: FusedStem, out_q, backend: str = "auto",
+                 quantize_output: bool = True) -> None:
         super().__init__()
         self.float_stem = stem
         self.backend = backend
+        self.quantize_output = bool(quantize_output)  # False: the first dw conv is float
         self._init_q((1.0, 0), out_q)
         self.refresh()
 
@@ -344,11 +349,40 @@ class QuantizedStem(_QOut):
         return self.float_stem.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops.quantize_per_tensor(self.float_stem(x), self._out_inv, self._out[1],
-                                       backend=self.backend)
+        y = self.float_stem(x)
+        if not self.quantize_output:
+            return y
+        return ops.quantize_per_tensor(y, self._out_inv, self._out[1], backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"out_q={self._out}"
+        return f"out_q={self._out}" if self.quantize_output else "output float (first dw float)"
+
+
+class FloatDWConvQuantOut(_QOut):
+    """The first block's depthwise conv kept in float (``FusedDWConvBNAct`` on the float stem
+    output, SE pool included), then the quantise of its output to int8. Why: on Lite0 the int8
+    weights of this one layer (32 channels, 3×3, reading the stem's ReLU6 output) cost more than
+    all the other depthwise layers together — logits 22.3 dB with only its weights int8, ≥ 38 dB
+    for any other — and keeping it float costs ≈ 2·H·W·C bytes more than int8 (B0@224: 0.77 MiB of
+    13.2 MiB per image) since the stem output is float anyway."""
+
+    is_float = True
+
+    def __init__(self, dw: nn.Module, out_q, backend: str) -> None:
+        super().__init__()
+        self.float_dw = dw
+        self.backend = backend
+        self._init_q((1.0, 0), out_q)
+        self.refresh()
+
+    def forward(self, x: Tensor, return_pool: bool = False):
+        out = self.float_dw(x, return_pool=return_pool)
+        y, pool = out if return_pool else (out, None)
+        yq = ops.quantize_per_tensor(y, self._out_inv, self._out[1], backend=self.backend)
+        return (yq, pool) if return_pool else yq
+
+    def extra_repr(self) -> str:
+        return f"float depthwise, out_q={self._out}, quantize backend={self.backend!r}"
 
 
 class QuantizedMBConv(nn.Module):
@@ -526,7 +560,8 @@ def _layers(f) -> dict[str, nn.Module]:
 
 def _build(f: FusedEfficientNet, calib: dict[str, dict], be: dict[str, str],
            subs: dict[str, str], requested: str, device: torch.device,
-           means: dict[str, Tensor] | None = None) -> QuantizedEfficientNet:
+           means: dict[str, Tensor] | None = None, first_dw_float: bool = True
+           ) -> QuantizedEfficientNet:
     means = means or {}
 
     def q(name):
@@ -535,7 +570,11 @@ def _build(f: FusedEfficientNet, calib: dict[str, dict], be: dict[str, str],
 
     float_stem = copy.deepcopy(f.stem)  # never share (or mutate) the float model's modules
     float_stem.backend = be["bias_act"]
-    stem = QuantizedStem(float_stem, q("stem"), be["quantize_per_tensor"])
+    first = f.blocks[0][0]
+    # the first dw stays float only where it reads the stem output directly (no expand)
+    first_dw_float = first_dw_float and first.expand is None
+    stem = QuantizedStem(float_stem, q("stem"), be["quantize_per_tensor"],
+                         quantize_output=not first_dw_float)
     prev = q("stem")
     stages = []
     for s, stage in enumerate(f.blocks):
@@ -552,8 +591,13 @@ def _build(f: FusedEfficientNet, calib: dict[str, dict], be: dict[str, str],
             else:
                 h_q = x_q
             d = blk.dw
-            dw = QuantizedDWConv(d.weight, d.bias, d.stride, d.padding, d.act, h_q,
-                                 q(name + ".dw"), be["dwconv_int8"], means.get(name + ".dw"))
+            if s == 0 and j == 0 and first_dw_float:
+                fdw = copy.deepcopy(d)
+                fdw.backend = be["dwconv_bias_act"]
+                dw = FloatDWConvQuantOut(fdw, q(name + ".dw"), be["quantize_per_tensor"])
+            else:
+                dw = QuantizedDWConv(d.weight, d.bias, d.stride, d.padding, d.act, h_q,
+                                     q(name + ".dw"), be["dwconv_int8"], means.get(name + ".dw"))
             se = None
             if blk.se is not None:
                 from .nn import SqueezeExcite
@@ -592,7 +636,8 @@ def _float_model(model: nn.Module, dtype) -> FusedEfficientNet:
 
 def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "auto", *,
              method="mse", percentile: float = 99.99, max_samples: int = 1 << 19,
-             bias_correction: bool = True, dtype: torch.dtype | None = None,
+             bias_correction: bool = True, first_dw_float: bool = True,
+             dtype: torch.dtype | None = None,
              cuda_graph: bool = False, progress: bool = False, seed: int = 0
              ) -> QuantizedEfficientNet:
     """INT8 inference model from ``model`` (see this module's docstring).
@@ -612,6 +657,8 @@ def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "au
         max_samples: values sampled per tensor for "percentile" / "mse".
         bias_correction: subtract from each int8 layer's bias the mean error its weight
             rounding adds (measured on the calibration data; see ``_corrected_bias``).
+        first_dw_float: keep the first block's depthwise conv in float on the float stem output
+            (see ``FloatDWConvQuantOut`` for the measurement behind it).
         cuda_graph: capture the forward in CUDA graphs (CUDA models).
         progress: show a progress bar over the calibration batches.
 
@@ -633,7 +680,8 @@ def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "au
     be, subs = quant_backends(backend, f.device)
     calib, means = _calibrate(f, calibration_batches, method, float(percentile),
                               int(max_samples), progress, seed)
-    qm = _build(f, calib, be, subs, backend, f.device, means if bias_correction else None)
+    qm = _build(f, calib, be, subs, backend, f.device, means if bias_correction else None,
+                first_dw_float)
     if cuda_graph:
         if f.device.type != "cuda":
             raise RuntimeError(f"cuda_graph=True needs a CUDA model; it is on {f.device}")
@@ -642,8 +690,8 @@ def quantize(model: nn.Module, calibration_batches: Iterable, backend: str = "au
 
 
 def load_quantized(model: nn.Module, state_dict: dict, backend: str = "auto", *,
-                   dtype: torch.dtype | None = None, strict: bool = True
-                   ) -> QuantizedEfficientNet:
+                   dtype: torch.dtype | None = None, strict: bool = True,
+                   first_dw_float: bool = True) -> QuantizedEfficientNet:
     """Rebuild a quantized model saved with ``torch.save(q.state_dict(), ...)``: ``model`` is the
     float source of the same architecture (its weights are replaced by the saved ones, so any
     initialisation will do)."""
@@ -651,7 +699,7 @@ def load_quantized(model: nn.Module, state_dict: dict, backend: str = "auto", *,
     be, subs = quant_backends(backend, f.device)
     calib = {name: {"method": "loaded", "range": (0.0, 0.0), "seen": (0.0, 0.0), "scale": 1.0,
                     "zero_point": 0} for name, _ in _quant_points(f)}
-    qm = _build(f, calib, be, subs, backend, f.device)
+    qm = _build(f, calib, be, subs, backend, f.device, None, first_dw_float)
     qm.load_state_dict(state_dict, strict=strict)
     return qm
 
@@ -696,10 +744,12 @@ def layer_sqnr(q: QuantizedEfficientNet, f: FusedEfficientNet, x: Tensor) -> lis
         for name, (args, kwargs, out) in cap.items():
             qm = qmods[name]
             if name == "stem":
-                rows.append({"name": name, "type": "stem",
-                             "sqnr_db": sqnr_db(out.float(), dq(qz(out, qm.out_q), qm.out_q))})
+                if qm.quantize_output:
+                    rows.append({"name": name, "type": "stem", "sqnr_db": sqnr_db(
+                        out.float(), dq(qz(out, qm.out_q), qm.out_q))})
                 continue
-            xin = qz(args[0], qm.in_q)
+            # a float layer (the first dw) takes the float input as it is
+            xin = args[0] if getattr(qm, "is_float", False) else qz(args[0], qm.in_q)
             if name == "head":
                 pool = qm(xin, pool_only=True)
                 rows.append({"name": name, "type": "head_pool",
@@ -768,13 +818,13 @@ def logit_sqnr_by_type(q: QuantizedEfficientNet, f: FusedEfficientNet, x: Tensor
                 return fq(out, qp)
             return h
 
-        if "stem" in which:
+        if "stem" in which and q.stem.quantize_output:
             handles.append(f.stem.register_forward_hook(out_hook(q.stem.out_q)))
         for fb, qb in zip(fblocks, qblocks):
             if "expand" in which and fb.expand is not None:
                 swap(fb.expand, qb.expand)
                 handles.append(fb.expand.register_forward_hook(out_hook(qb.expand.out_q)))
-            if "dw" in which or "dw.weight" in which:
+            if ("dw" in which or "dw.weight" in which) and not getattr(qb.dw, "is_float", False):
                 swap(fb.dw, qb.dw)
             if "dw" in which or "dw.out" in which:
                 handles.append(fb.dw.register_forward_hook(out_hook(qb.dw.out_q)))
