@@ -149,16 +149,40 @@ def to_markdown(doc: dict) -> str:
           "roughly 30–45 dB, but ~50 int8 layers in sequence add their noise, so the logits end "
           "15–20 dB lower. The first depthwise conv is float by default (its int8 weights "
           "alone took Lite0's logits to 22.3 dB; with it float the logit SQNR rose 23.0 → 25.5 "
-          "dB on 64 held-out crops), so the stem column is empty. On Lite0 the largest single "
-          "remaining source is the block outputs (project: "
+          "dB on 64 held-out crops), so the stem output stays float too (its columns: – and "
+          "inf). On Lite0 the largest single remaining source is the block outputs (project: "
           "the residual stream, heavy-tailed across channels with one scale per tensor), then "
           "the expand and depthwise weights. Clipping a bounded activation only loses: the "
           "percentile method clips some ReLU6 outputs below 6 (its dw.out column against "
-          "min/max's). MSE calibration has the best logit SQNR on both models and is the "
-          "default; percentile has the best top-1 agreement by one crop. Top-1 flips happen "
-          "only on crops whose FP32 prediction is itself unsure (max softmax ≤ 0.5): on the "
-          "crops FP32 is confident about, agreement is 1.0 for every method.", ""]
+          "min/max's). " + _method_summary(doc) + " Top-1 flips happen only on crops whose "
+          "FP32 prediction is itself unsure (max softmax ≤ 0.5): " + _confident_summary(lt),
+          ""]
     return "\n".join(L)
+
+
+def _method_summary(doc: dict) -> str:
+    """Which calibration method wins on what, read off the measured numbers (not written
+    ahead of them)."""
+    lt, b0 = doc["lite0"]["methods"], doc["b0"]["methods"]
+    best_sq = max(lt, key=lambda m: lt[m]["logit_sqnr_db"])
+    best_b0 = max(b0, key=lambda m: b0[m]["logit_sqnr_db"])
+    best_ag = max(lt, key=lambda m: lt[m]["top1_agreement"])
+    n = doc["lite0"]["eval_crops"]
+    ags = sorted((lt[m]["top1_agreement"] for m in lt), reverse=True)
+    margin = round((ags[0] - ags[1]) * n) if len(ags) > 1 else 0
+    s = (f"{best_sq} calibration has the best logit SQNR on Lite0"
+         + (" and on B0" if best_b0 == best_sq else f", {best_b0} on B0") + "; ")
+    s += (f"{best_ag} has the best top-1 agreement" + (f" (by {margin} of {n} crops)."
+                                                     if margin else " (tied)."))
+    return s
+
+
+def _confident_summary(lt: dict) -> str:
+    conf = {m: r["top1_agreement_confident"] for m, r in lt["methods"].items()}
+    if all(v == 1.0 for v in conf.values()):
+        return "on the crops FP32 is confident about, agreement is 1.0 for every method."
+    return "on the crops FP32 is confident about, agreement is " + ", ".join(
+        f"{v} ({m})" for m, v in conf.items()) + "."
 
 
 _TYPES = ("stem", "expand", "dw", "dw_pool", "project", "head_pool", "logits")
