@@ -438,11 +438,21 @@ def _check_zp(zp, op: str, name: str) -> int:
 
 
 def _check_inv_scale(v, op: str, name: str) -> float:
-    """A finite float > 0 (an inverse scale or a scale)."""
+    """A float > 0 that stays finite and > 0 as float32 (an inverse scale or a scale: the
+    kernels and the reference use it as float32, so 1e39 (→ inf) and 1e-46 (→ 0) are refused)."""
     import math
+    import struct
 
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{op}: {name} must be a finite float > 0, got {v!r}")
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+    if ok:
+        try:
+            f32 = struct.unpack("f", struct.pack("f", v))[0]
+            ok = math.isfinite(f32) and f32 > 0
+        except OverflowError:  # some Pythons raise instead of rounding to inf
+            ok = False
+    if not ok:
+        raise ValueError(f"{op}: {name} must be a float > 0 that is finite and > 0 in "
+                         f"float32, got {v!r}")
     return float(v)
 
 
@@ -580,6 +590,7 @@ def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
         raise ValueError(f"{op}: pool_only needs a non-empty spatial size, got {H}x{W}")
     if w_sum is not None:
         _check_vector(w_sum, Cout, op, "w_sum", torch.int32, x.device)
+        w_sum = w_sum.contiguous()  # the kernel reads it with unit stride
     b = _resolve_int8(op, backend, x.device)
     if b == "triton":
         from .triton import quant as tq

@@ -185,6 +185,9 @@ def test_int8_op_bad_input():
         ops.dwconv_int8(x, w, s, b, out_inv_scale=0.0)
     with pytest.raises(ValueError, match="out_inv_scale"):
         ops.dwconv_int8(x, w, s, b, out_inv_scale=float("inf"))
+    for v in (1e39, 1e-46):  # finite > 0 as a Python float, inf / 0 as float32
+        with pytest.raises(ValueError, match="out_inv_scale"):
+            ops.dwconv_int8(x, w, s, b, out_inv_scale=v)
     with pytest.raises(ValueError, match="stride"):
         ops.dwconv_int8(x, w, s, b, stride=3)
     with pytest.raises(ValueError, match="shape"):

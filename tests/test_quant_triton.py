@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import HAS_GPU, rel_err
-from effnet_kernels import reference
+from effnet_kernels import ops, reference
 
 pytest.importorskip("triton", reason="triton is not importable")
 tq = pytest.importorskip("effnet_kernels.triton.quant", reason="triton is not importable")
@@ -171,6 +171,14 @@ def test_pointwise_int8_strided_views(poison):
         check_q(launch_pw({**a, "w": w, "gate": gt}, "relu", False), ref, "relu")
     w_sum = a["w"].sum(1, dtype=torch.int32)
     check_q(launch_pw(a, "relu", False, w_sum=w_sum), ref, "relu")
+    # a strided w_sum (every other element of a longer vector) through the op and the launcher
+    w_sum2 = torch.stack([w_sum, torch.full_like(w_sum, 10**6)], 1).reshape(-1)[::2]
+    assert not w_sum2.is_contiguous() and torch.equal(w_sum2, w_sum)
+    check_q(launch_pw(a, "relu", False, w_sum=w_sum2), ref, "relu")
+    y = ops.pointwise_int8(a["x"], a["w"], a["scale"], a["bias"], a["in_zp"],
+                           a["out_inv_scale"], a["out_zp"], "relu", a["gate"], a["residual"],
+                           a["res_scale"], a["res_zp"], w_sum=w_sum2, backend="triton")
+    check_q(y, ref, "relu")
 
 
 def test_pointwise_int8_empty():

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tuning import on_input_device
+
 ACT_CODES = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3}
 
 
@@ -56,6 +58,7 @@ def _bias_act_kernel(x_ptr, b_ptr, y_ptr, R, C, ACT: tl.constexpr,
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@on_input_device
 def bias_act(x: torch.Tensor, bias: torch.Tensor, act: str) -> torch.Tensor:
     """Launcher: arguments already validated by effnet_kernels.ops."""
     y = torch.empty_like(x, memory_format=torch.channels_last)

@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import least_padded
+from ._tuning import least_padded, on_input_device
 from .bias_act import ACT_CODES, _act
 
 _UNROLL_K_MAX = tl.constexpr(7)  # taps fully unrolled up to this k; beyond it kh is a runtime loop
@@ -177,6 +177,7 @@ def _n_tiles(Ho: int, Wo: int, meta) -> int:
     return triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"])
 
 
+@on_input_device
 def _launch(x, weight, bias, stride, pads, act, return_pool, config=None, force_i64=False):
     """Shared body of the launcher. ``config`` (a dict of BLOCK_H/BLOCK_W/BLOCK_C, optionally
     num_warps) bypasses the autotuner and ``force_i64`` forces 64-bit in-sample offsets: both

@@ -68,7 +68,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import least_padded
+from ._tuning import least_padded, on_input_device
 from .bias_act import ACT_CODES, _act
 
 _GROUP_M = 8
@@ -212,6 +212,7 @@ def _pow2_divisor(*values: int) -> int:
     return d
 
 
+@on_input_device
 def _launch(x, w, bias, act, gate, residual, pool_only, config=None):
     """Shared body of the launcher. ``config`` (BLOCK_M/BLOCK_N/BLOCK_K/GROUP_M, optionally
     num_warps/num_stages) bypasses the autotuner: only for tests, which run every GPU config

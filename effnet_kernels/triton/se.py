@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tuning import on_input_device
+
 _REG_BUDGET = 16384  # max BLOCK_B·BLOCK_C·BLOCK_S float32 products live per chunk
 
 
@@ -124,6 +126,7 @@ def _se_gate_kernel(p_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, g_ptr, N, C, S,
                  mask=bmask[:, None] & cmask[None, :])
 
 
+@on_input_device
 def _launch(pooled, w1, b1, w2, b2, config=None):
     """Shared body of the launcher; ``config`` (BLOCK_B, BLOCK_C, optionally num_warps) bypasses
     the autotuner (tests run every GPU config through the interpreter)."""
