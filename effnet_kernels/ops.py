@@ -312,6 +312,17 @@ def _check_vector(v, n, op, name, dtype, device):
         raise RuntimeError(f"{op}: {name} is on {v.device} but the input is on {device}")
 
 
+def _check_gate(gate, N: int, Cin: int, op: str, device) -> None:
+    """The SE gate of the pointwise ops: float32 (N, Cin) on x's device."""
+    if not isinstance(gate, torch.Tensor) or tuple(gate.shape) != (N, Cin):
+        raise ValueError(f"{op}: gate must have shape ({N}, {Cin}), got "
+                         f"{tuple(gate.shape) if isinstance(gate, torch.Tensor) else gate}")
+    if gate.dtype != torch.float32:
+        raise TypeError(f"{op}: gate must be float32, got {gate.dtype}")
+    if gate.device != device:
+        raise RuntimeError(f"{op}: gate is on {gate.device} but x is on {device}")
+
+
 def se_gate(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
             b2: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """SE excite: sigmoid(W2·silu(W1·pooled + b1) + b2) → (N, C) float32.
@@ -372,13 +383,7 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     _check_vector(bias, Cout, op, "bias", x.dtype, x.device)
     _check_act(act, op)
     if gate is not None:
-        if not isinstance(gate, torch.Tensor) or tuple(gate.shape) != (N, Cin):
-            raise ValueError(f"{op}: gate must have shape ({N}, {Cin}), got "
-                             f"{tuple(gate.shape) if isinstance(gate, torch.Tensor) else gate}")
-        if gate.dtype != torch.float32:
-            raise TypeError(f"{op}: gate must be float32, got {gate.dtype}")
-        if gate.device != x.device:
-            raise RuntimeError(f"{op}: gate is on {gate.device} but x is on {x.device}")
+        _check_gate(gate, N, Cin, op, x.device)
     if residual is not None:
         if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != (N, Cout, H, W):
             raise ValueError(f"{op}: residual must have shape ({N}, {Cout}, {H}, {W}), got "
@@ -570,13 +575,7 @@ def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
     in_zp, out_zp = _check_zp(in_zp, op, "in_zp"), _check_zp(out_zp, op, "out_zp")
     out_inv_scale = _check_inv_scale(out_inv_scale, op, "out_inv_scale")
     if gate is not None:
-        if not isinstance(gate, torch.Tensor) or tuple(gate.shape) != (N, Cin):
-            raise ValueError(f"{op}: gate must have shape ({N}, {Cin}), got "
-                             f"{tuple(gate.shape) if isinstance(gate, torch.Tensor) else gate}")
-        if gate.dtype != torch.float32:
-            raise TypeError(f"{op}: gate must be float32, got {gate.dtype}")
-        if gate.device != x.device:
-            raise RuntimeError(f"{op}: gate is on {gate.device} but x is on {x.device}")
+        _check_gate(gate, N, Cin, op, x.device)
     if residual is not None:
         _check_int8_nhwc(residual, op, "residual")
         if tuple(residual.shape) != (N, Cout, H, W):

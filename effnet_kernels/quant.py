@@ -385,18 +385,10 @@ class FloatDWConvQuantOut(_QOut):
         return f"float depthwise, out_q={self._out}, quantize backend={self.backend!r}"
 
 
-class QuantizedMBConv(nn.Module):
-    """int8 MBConv: [expand] → dw (+pool) → [se_gate, float32] → project (gate, residual)."""
-
-    def __init__(self, expand: QuantizedPointwise | None, dw: QuantizedDWConv, se,
-                 project: QuantizedPointwise, use_residual: bool) -> None:
-        super().__init__()
-        self.expand, self.dw, self.se, self.project = expand, dw, se, project
-        self.use_residual = bool(use_residual)
-
-    @property
-    def num_kernels(self) -> int:
-        return sum(m is not None for m in (self.expand, self.dw, self.se, self.project))
+class QuantizedMBConv(FusedMBConv):
+    """int8 MBConv: [expand] → dw (+pool) → [se_gate, float32] → project (gate, residual).
+    FusedMBConv's constructor and kernel count with the int8 modules (QuantizedPointwise,
+    QuantizedDWConv / FloatDWConvQuantOut) in its slots."""
 
     def forward(self, x: Tensor) -> Tensor:
         h = x if self.expand is None else self.expand(x)
@@ -408,9 +400,6 @@ class QuantizedMBConv(nn.Module):
             return self.project(self.dw(h), residual=res)
         y, pool = self.dw(h, return_pool=True)
         return self.project(y, gate=self.se.gate(pool), residual=res)
-
-    def extra_repr(self) -> str:
-        return f"use_residual={self.use_residual}, num_kernels={self.num_kernels}"
 
 
 class QuantizedEfficientNet(FusedEfficientNet):
