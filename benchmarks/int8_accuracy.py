@@ -11,6 +11,9 @@ on the CPU, so it needs no GPU. Writes ``int8_accuracy.json`` and ``int8_accurac
    own (``quant.layer_sqnr``).
 2. EfficientNet-B0 (SE + SiLU) with random weights and BN statistics from random data: the
    logit SQNR and every layer type's own SQNR.
+3. For both: what the layers kept in float would cost in int8 (``quant.float_kept_sqnr``), and
+   for Lite0 a yardstick: FP32 against itself when only its input crops are stored as 8-bit
+   images (``data.as_uint8_image``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ def _agreement(lf, lq):
             "n": len(lf)}
 
 
+def _rounded(d: dict) -> dict:
+    return {k: None if v is None else round(v, 2) for k, v in d.items()}
+
+
 def _run(model, batches):
     with torch.no_grad():
         return torch.cat([model(b) for b in batches])
@@ -67,6 +74,9 @@ def lite0_report(cal_per_image: int, eval_per_image: int, methods, say) -> dict:
     out = {"calibration_images": list(data.CALIBRATION_IMAGES),
            "held_out_images": list(data.HELD_OUT_IMAGES),
            "calibration_crops": len(cal), "eval_crops": len(ev), "methods": {}}
+    out["uint8_input_yardstick"] = _agreement(lf, _run(f, list(data.as_uint8_image(ev).split(32))))
+    out["float_kept_sqnr_db"] = _rounded(quant.float_kept_sqnr(f, cal, ev[:32]))
+    say(f"lite0 yardstick {out['uint8_input_yardstick']}, float kept {out['float_kept_sqnr_db']}")
     for name in methods:
         t = time.perf_counter()
         q = quant.quantize(f, list(cal.split(24)), backend="torch", method=name)
@@ -89,7 +99,9 @@ def b0_report(resolution: int, say) -> dict:
     f = ek.optimize(m, backend="auto")
     cal = [torch.randn(8, 3, resolution, resolution, generator=g) for _ in range(2)]
     x = torch.randn(8, 3, resolution, resolution, generator=g)
-    out = {"resolution": resolution, "methods": {}}
+    out = {"resolution": resolution, "methods": {},
+           "float_kept_sqnr_db": _rounded(quant.float_kept_sqnr(f, torch.cat(cal), x))}
+    say(f"b0 float kept {out['float_kept_sqnr_db']}")
     for name in ("minmax", "percentile", "mse"):
         q = quant.quantize(f, cal, backend="torch", method=name)
         rows = quant.layer_sqnr(q, f, x)
@@ -145,6 +157,26 @@ def to_markdown(doc: dict) -> str:
             a = r["logit_sqnr_one_type_db"]
             L.append(f"| {name} | " + " | ".join(f"{a[c]:.1f}" for c in cols) + " |")
         L.append("")
+    if "float_kept_sqnr_db" in lt:
+        kept = list(lt["float_kept_sqnr_db"])
+        L += ["What the layers kept in float would cost in int8: the logits' SQNR (dB) when only "
+              "that layer is made int8 (weights per output channel, inputs per tensor on the "
+              "calibration min/max; `quant.float_kept_sqnr`; stem.in = the input image itself "
+              "in int8):", "", "| model | " + " | ".join(kept) + " |",
+              "|---|" + "---|" * len(kept)]
+        for title, sec in (("Lite0", lt), ("B0", doc["b0"])):
+            v = sec["float_kept_sqnr_db"]
+            L.append(f"| {title} | " + " | ".join("–" if v.get(k) is None else f"{v[k]:.1f}"
+                                                  for k in kept) + " |")
+        y = lt["uint8_input_yardstick"]
+        L += ["", "Yardstick: the FP32 model against itself when only its input crops are "
+              "rounded to 8-bit images (`data.as_uint8_image`, what storing a crop as a PNG "
+              f"does): top-1 agreement {y['top1_agreement']:.4f} (confident crops "
+              f"{y['top1_agreement_confident']}), top-5 overlap {y['top5_overlap']:.4f}, logit "
+              f"SQNR {y['logit_sqnr_db']:.2f} dB on the same {y['n']} held-out crops, against "
+              + ", ".join(f"{r['top1_agreement']:.4f} / {r['logit_sqnr_db']:.2f} dB ({m})"
+                          for m, r in lt["methods"].items())
+              + " for the int8 model: on these crops FP32's own top-1 is that fragile.", ""]
     L += ["Reading (bias correction on, as by default): each int8 layer on its own keeps "
           "roughly 30–45 dB, but ~50 int8 layers in sequence add their noise, so the logits end "
           "15–20 dB lower. The first depthwise conv is float by default (its int8 weights "

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .convert import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["CALIBRATION_IMAGES", "HELD_OUT_IMAGES", "load_image", "random_crops",
-           "bn_stats_from_random_data"]
+           "bn_stats_from_random_data", "as_uint8_image"]
 
 CALIBRATION_IMAGES = ("astronaut", "coffee", "rocket", "hubble_deep_field",
                       "immunohistochemistry", "camera", "coins", "brick", "grass")
@@ -79,6 +79,16 @@ def random_crops(names, per_image: int, size: int = 224, seed: int = 0,
                                      align_corners=False, antialias=True))
     x = torch.cat(out) if out else torch.empty(0, 3, size, size)
     return ((x - mean) / std).contiguous()
+
+
+def as_uint8_image(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised crops as they would be if stored as 8-bit images: de-normalise,
+    clamp to [0, 1], round to a multiple of 1/255, normalise again. The yardstick for int8
+    error: how far the float model's logits move when only its input is 8-bit."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    raw = (x * std + mean).clamp_(0.0, 1.0)
+    return ((torch.round(raw * 255.0) / 255.0 - mean) / std).contiguous()
 
 
 def bn_stats_from_random_data(model: torch.nn.Module, resolution: int, batches: int = 3,

@@ -63,6 +63,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from . import ops, reference
 from .optimize import (
@@ -78,6 +79,7 @@ __all__ = ["quantize", "load_quantized", "QuantizedEfficientNet", "QuantizedMBCo
            "QuantizedStem", "QuantizedPointwise", "QuantizedDWConv", "FloatDWConvQuantOut",
            "quant_backends",
            "METHODS", "qparams_from_range", "quantize_weight", "sqnr_db", "layer_sqnr",
+           "float_kept_sqnr",
            "logit_sqnr_by_type"]
 
 METHODS = ("minmax", "percentile", "mse")
@@ -833,4 +835,88 @@ def logit_sqnr_by_type(q: QuantizedEfficientNet, f: FusedEfficientNet, x: Tensor
 
     out = {t: run({t}) for t in types}
     out["all"] = run(set(types))
+    return out
+
+
+_FLOAT_KEPT_TYPES = ("stem.in", "stem.weight", "se", "classifier")
+
+
+def float_kept_sqnr(f: FusedEfficientNet, calib: Tensor, x: Tensor,
+                    types=_FLOAT_KEPT_TYPES) -> dict[str, float | None]:
+    """The measurement behind what :func:`quantize` keeps in float: the logits' SQNR (dB)
+    against ``f`` when only one float-kept layer is made int8 and everything else stays float
+    (simulated in float on ``f``, which is restored after). Weights: symmetric per output
+    channel (:func:`quantize_weight`); inputs: per tensor, on the min/max range observed on
+    ``calib``. Types: "stem.in" (the input image), "stem.weight" (the stem conv's weights),
+    "se" (both SE FCs' weights and their inputs — the pool and the SiLU hidden; the gate stays
+    float), "classifier" (its weights and the pooled features). A type the model does not
+    have (SE in Lite0) maps to None."""
+    unknown = set(types) - set(_FLOAT_KEPT_TYPES)
+    if unknown:
+        raise ValueError(f"unknown float-kept types {sorted(unknown)}; "
+                         f"choose from {_FLOAT_KEPT_TYPES}")
+    ses = [b.se for st in f.blocks for b in st if b.se is not None]
+    ranges: dict[str, list[float]] = {}
+
+    def observe(key: str, t: Tensor) -> Tensor:
+        lo, hi = ranges.setdefault(key, [math.inf, -math.inf])
+        ranges[key] = [min(lo, t.min().item()), max(hi, t.max().item())]
+        return t
+
+    def fake(key: str, t: Tensor) -> Tensor:
+        return _fake_quant(t.float(), *ranges[key]).to(t.dtype)
+
+    def deq(w: Tensor) -> Tensor:
+        wq, s = quantize_weight(w)
+        return (wq.float() * s.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
+
+    def run(which: set, on, inp: Tensor) -> Tensor:
+        """One forward with ``on(key, tensor)`` applied to the inputs of the chosen types
+        (``observe`` to collect ranges, ``fake`` to quantise) and, with ``fake``, the chosen
+        weights swapped for their int8 values."""
+        handles, saved = [], []
+
+        def swap(m, name):
+            saved.append((m, name, getattr(m, name)))
+            setattr(m, name, deq(getattr(m, name)))
+
+        if "stem.in" in which:
+            handles.append(f.stem.register_forward_pre_hook(
+                lambda _m, a: (on("stem.in", a[0]),) + tuple(a[1:])))
+        if "stem.weight" in which and on is fake:
+            swap(f.stem, "weight")
+        if "classifier" in which:
+            handles.append(f.classifier.register_forward_pre_hook(
+                lambda _m, a: (on("classifier.in", a[0]),) + tuple(a[1:])))
+            if on is fake:
+                swap(f.classifier, "weight")
+        if "se" in which:
+            for i, se in enumerate(ses):
+                if on is fake:
+                    swap(se, "w1")
+                    swap(se, "w2")
+
+                def gate(pooled, se=se, i=i):
+                    p = on(f"se{i}.in", pooled.float())
+                    h = on(f"se{i}.hidden", F.silu(p @ se.w1.float().t() + se.b1.float()))
+                    return torch.sigmoid(h @ se.w2.float().t() + se.b2.float())
+                se.gate = gate  # instance attribute: shadows the method until deleted
+        try:
+            with torch.no_grad():
+                return f.forward_eager(inp).float()
+        finally:
+            for h in handles:
+                h.remove()
+            if "se" in which:
+                for se in ses:
+                    del se.gate
+            for m, name, t in reversed(saved):
+                setattr(m, name, t)
+
+    types = [t for t in types if t != "se" or ses]
+    run(set(types), observe, calib)
+    with torch.no_grad():
+        ref = f.forward_eager(x).float()
+    out: dict[str, float | None] = {t: None for t in _FLOAT_KEPT_TYPES}
+    out.update({t: sqnr_db(ref, run({t}, fake, x)) for t in types})
     return out

