@@ -176,7 +176,8 @@ def to_markdown(doc: dict) -> str:
               f"SQNR {y['logit_sqnr_db']:.2f} dB on the same {y['n']} held-out crops, against "
               + ", ".join(f"{r['top1_agreement']:.4f} / {r['logit_sqnr_db']:.2f} dB ({m})"
                           for m, r in lt["methods"].items())
-              + " for the int8 model: on these crops FP32's own top-1 is that fragile.", ""]
+              + " for the int8 model: on these crops FP32's own top-1 is that fragile.", "",
+              _float_kept_summary(doc), ""]
     L += ["Reading (bias correction on, as by default): each int8 layer on its own keeps "
           "roughly 30–45 dB, but ~50 int8 layers in sequence add their noise, so the logits end "
           "15–20 dB lower. The first depthwise conv is float by default (its int8 weights "
@@ -206,6 +207,21 @@ def _method_summary(doc: dict) -> str:
          + (" and on B0" if best_b0 == best_sq else f", {best_b0} on B0") + "; ")
     s += (f"{best_ag} has the best top-1 agreement" + (f" (by {margin} of {n} crops)."
                                                      if margin else " (tied)."))
+    return s
+
+
+def _float_kept_summary(doc: dict) -> str:
+    """Why the float-kept layers stay float, from the measured numbers."""
+    lk, bk = doc["lite0"]["float_kept_sqnr_db"], doc["b0"]["float_kept_sqnr_db"]
+    proj = doc["lite0"]["methods"].get("mse", {}).get("logit_sqnr_one_type_db", {}).get("project")
+    s = (f"So: the stem conv's weights in int8 would cost Lite0's logits {lk['stem.weight']:.1f} "
+         f"dB on their own")
+    if proj is not None:
+        s += f" (all 16 project layers in int8: {proj:.1f} dB)"
+    s += (" for 2.8 % of the MACs, so the stem conv stays float. The SE FCs "
+          f"({bk['se']:.1f} dB on B0) and the classifier ({lk['classifier']:.1f} dB Lite0, "
+          f"{bk['classifier']:.1f} dB B0) would cost less, but they move a few KB per image "
+          "(vectors, not feature maps): no bandwidth to win, so they stay float too.")
     return s
 
 

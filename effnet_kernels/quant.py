@@ -7,19 +7,22 @@ Scheme (the arithmetic is defined exactly by ``reference.py``, section "INT8"):
   as ``acc · s_in·s_w[c] + bias[c]``, one float multiply-add).
 * **Activations**: int8 with one (scale, zero point) per tensor, asymmetric (SiLU's range is
   about [−0.28, max]: a zero point buys almost a bit there), real 0 exactly representable.
-  Quantised tensors: the stem output, every block's expand output, depthwise output and block
-  output. The int8 tensors between ops are all the activation traffic: 1 byte per element, half
+  Quantised tensors: every block's expand output, depthwise output and block output (and the
+  stem output with ``first_dw_float=False``). The int8 tensors between ops are all the activation traffic: 1 byte per element, half
   of fp16.
-* **Kept in float** (and why): the *stem conv* (3 input channels, 0.6 % of B0's MACs; its input
-  is the image and its int8 output is what the first block reads, so quantising its output
-  captures the traffic win — the conv itself runs in float, then ``bias_act`` and a quantise);
-  the *first depthwise conv* (it reads the float stem output; its int8 weights alone cost
-  Lite0's logits 22 dB, see ``FloatDWConvQuantOut``; ``first_dw_float=False`` quantises it too);
+* **Kept in float** (and why): the *stem conv* (3 input channels, 2.8 % of B0's MACs, but its
+  int8 weights alone would cost Lite0's logits 29 dB — as much as all 16 project layers in int8,
+  measured by ``float_kept_sqnr``); the *first depthwise conv* (``first_dw_float=True``, the
+  default: it reads the float stem output, so the stem output is not quantised either; its int8
+  weights alone cost Lite0's logits 22 dB, see ``FloatDWConvQuantOut``; with
+  ``first_dw_float=False`` the stem runs conv → ``bias_act`` → quantise and the first block
+  reads int8);
   the *SE FCs* (``se_gate`` in float32 from the float32 pool that the int8 depthwise kernel
   computes from its *float* activations before requantising: a few KB per image, and the gate
-  multiplies every channel of the block, so its error would be everywhere); the *head pool and
-  the classifier* (the int8 head GEMM returns the float32 pool directly, the 1280→1000
-  ``F.linear`` is 1.3 M MACs on a vector). ``layer_sqnr`` measures what each int8 layer type
+  multiplies every channel of the block, so its error would be everywhere; int8 FCs measured
+  35 dB on B0: affordable, but there are no bytes to win); the *head pool and the classifier*
+  (the int8 head GEMM returns the float32 pool directly, the 1280→1000 ``F.linear`` is 1.3 M
+  MACs on a vector; int8 would cost 39–43 dB). ``layer_sqnr`` measures what each int8 layer type
   costs; the numbers are in ``benchmarks/results/int8_accuracy.md``.
 
 Per MBConv block (int8 in, int8 out)::
