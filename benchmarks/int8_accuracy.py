@@ -83,8 +83,8 @@ def lite0_report(cal_per_image: int, eval_per_image: int, methods, say) -> dict:
         lq = _run(q, ev_b)
         res = _agreement(lf, lq)
         res["layers"] = _by_type(quant.layer_sqnr(q, f, ev[:16]))
-        res["logit_sqnr_one_type_db"] = {k: round(v, 2) for k, v in quant.logit_sqnr_by_type(
-            q, f, ev[:32], types=_ABLATE).items()}
+        res["logit_sqnr_one_type_db"] = _rounded(quant.logit_sqnr_by_type(q, f, ev[:32],
+                                                                        types=_ABLATE))
         res["seconds"] = round(time.perf_counter() - t, 1)
         out["methods"][name] = res
         say(f"lite0 {name}: {res}")
@@ -105,9 +105,10 @@ def b0_report(resolution: int, say) -> dict:
     for name in ("minmax", "percentile", "mse"):
         q = quant.quantize(f, cal, backend="torch", method=name)
         rows = quant.layer_sqnr(q, f, x)
-        out["methods"][name] = {"layers": _by_type(rows), "logit_sqnr_db": round(
-            quant.sqnr_db(f(x), q(x)), 2), "logit_sqnr_one_type_db": {
-                k: round(v, 2) for k, v in quant.logit_sqnr_by_type(q, f, x, types=_ABLATE).items()}}
+        out["methods"][name] = {
+            "layers": _by_type(rows), "logit_sqnr_db": round(quant.sqnr_db(f(x), q(x)), 2),
+            "logit_sqnr_one_type_db": _rounded(quant.logit_sqnr_by_type(q, f, x,
+                                                                        types=_ABLATE))}
         say(f"b0 {name}: {out['methods'][name]}")
     return out
 

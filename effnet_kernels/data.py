@@ -48,14 +48,19 @@ def load_image(name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
 
 
+def _mean_std(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet normalisation as (1, 3, 1, 1) tensors."""
+    return (torch.tensor(IMAGENET_MEAN, dtype=dtype).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, dtype=dtype).view(1, 3, 1, 1))
+
+
 def random_crops(names, per_image: int, size: int = 224, seed: int = 0,
                  scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
     """``per_image`` random-resized crops (area fraction ``scale``, aspect 3/4–4/3, bilinear
     antialiased resize to size×size, ImageNet normalisation) of each image in ``names``:
     float32 (len(names)·per_image, 3, size, size), deterministic for a seed."""
     g = torch.Generator().manual_seed(seed)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = _mean_std(torch.float32)
     out = []
     for name in names:
         img = load_image(name).float().div_(255.0)
@@ -85,8 +90,7 @@ def as_uint8_image(x: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised crops as they would be if stored as 8-bit images: de-normalise,
     clamp to [0, 1], round to a multiple of 1/255, normalise again. The yardstick for int8
     error: how far the float model's logits move when only its input is 8-bit."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.dtype)
     raw = (x * std + mean).clamp_(0.0, 1.0)
     return ((torch.round(raw * 255.0) / 255.0 - mean) / std).contiguous()
 

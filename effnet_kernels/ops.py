@@ -589,7 +589,6 @@ def pointwise_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
         raise ValueError(f"{op}: pool_only needs a non-empty spatial size, got {H}x{W}")
     if w_sum is not None:
         _check_vector(w_sum, Cout, op, "w_sum", torch.int32, x.device)
-        w_sum = w_sum.contiguous()  # the kernel reads it with unit stride
     b = _resolve_int8(op, backend, x.device)
     if b == "triton":
         from .triton import quant as tq

@@ -8,8 +8,8 @@ Scheme (the arithmetic is defined exactly by ``reference.py``, section "INT8"):
 * **Activations**: int8 with one (scale, zero point) per tensor, asymmetric (SiLU's range is
   about [−0.28, max]: a zero point buys almost a bit there), real 0 exactly representable.
   Quantised tensors: every block's expand output, depthwise output and block output (and the
-  stem output with ``first_dw_float=False``). The int8 tensors between ops are all the activation traffic: 1 byte per element, half
-  of fp16.
+  stem output with ``first_dw_float=False``). The int8 tensors between ops are all the
+  activation traffic: 1 byte per element, half of fp16.
 * **Kept in float** (and why): the *stem conv* (3 input channels, 2.8 % of B0's MACs, but its
   int8 weights alone would cost Lite0's logits 29 dB — as much as all 16 project layers in int8,
   measured by ``float_kept_sqnr``); the *first depthwise conv* (``first_dw_float=True``, the
@@ -124,6 +124,11 @@ def quantize_weight(w: Tensor) -> tuple[Tensor, Tensor]:
     s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     q = torch.round(w32 / s.view(-1, *([1] * (w32.dim() - 1)))).clamp_(-127, 127)
     return q.to(torch.int8), s
+
+
+def _dequantize_weight(wq: Tensor, s: Tensor) -> Tensor:
+    """float32 ``wq · s`` with ``s`` (Cout,) per output channel (dim 0)."""
+    return wq.float() * s.view(-1, *([1] * (wq.dim() - 1)))
 
 
 def sqnr_db(ref: Tensor, test: Tensor) -> float:
@@ -799,10 +804,9 @@ def logit_sqnr_by_type(q: QuantizedEfficientNet, f: FusedEfficientNet, x: Tensor
         handles, saved = [], []
 
         def swap(fm, qm):  # the int8 layer's dequantised weights and (corrected) bias
-            shape = fm.weight.shape
-            w = (qm.weight.float() * qm.w_scale.view(-1, *([1] * (qm.weight.dim() - 1))))
             saved.append((fm, fm.weight, fm.bias))
-            fm.weight = w.reshape(shape).to(fm.weight.dtype)
+            w = _dequantize_weight(qm.weight, qm.w_scale)
+            fm.weight = w.reshape(fm.weight.shape).to(fm.weight.dtype)
             fm.bias = qm.bias.to(fm.bias.dtype)
 
         def out_hook(qp):
@@ -870,8 +874,7 @@ def float_kept_sqnr(f: FusedEfficientNet, calib: Tensor, x: Tensor,
         return _fake_quant(t.float(), *ranges[key]).to(t.dtype)
 
     def deq(w: Tensor) -> Tensor:
-        wq, s = quantize_weight(w)
-        return (wq.float() * s.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
+        return _dequantize_weight(*quantize_weight(w)).to(w.dtype)
 
     def run(which: set, on, inp: Tensor) -> Tensor:
         """One forward with ``on(key, tensor)`` applied to the inputs of the chosen types
@@ -916,10 +919,10 @@ def float_kept_sqnr(f: FusedEfficientNet, calib: Tensor, x: Tensor,
             for m, name, t in reversed(saved):
                 setattr(m, name, t)
 
-    types = [t for t in types if t != "se" or ses]
-    run(set(types), observe, calib)
+    out: dict[str, float | None] = dict.fromkeys(types)
+    present = [t for t in out if t != "se" or ses]
+    run(set(present), observe, calib)
     with torch.no_grad():
         ref = f.forward_eager(x).float()
-    out: dict[str, float | None] = {t: None for t in _FLOAT_KEPT_TYPES}
-    out.update({t: sqnr_db(ref, run({t}, fake, x)) for t in types})
+    out.update({t: sqnr_db(ref, run({t}, fake, x)) for t in present})
     return out

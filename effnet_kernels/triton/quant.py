@@ -234,8 +234,9 @@ def _pw_launch(x, w, scale, bias, in_zp, out_inv_scale, out_zp, act, gate, resid
     g = gate if gate is not None else x  # dummies: the HAS_* = False branches never read them
     r = residual if residual is not None else x
     gs = gate.stride() if gate is not None else (0, 0)
-    args = (x, w, w_sum.contiguous() if has_zp else scale, scale.contiguous(), bias.contiguous(), g, r, out,
-            ws, M, Cin, Cout, HW, w.stride(0), w.stride(1), gs[0], gs[1], int(in_zp),
+    wsum = w_sum.contiguous() if has_zp else scale  # the kernel reads it with unit stride
+    args = (x, w, wsum, scale.contiguous(), bias.contiguous(), g, r, out, ws, M, Cin, Cout, HW,
+            w.stride(0), w.stride(1), gs[0], gs[1], int(in_zp),
             float(out_inv_scale), int(out_zp), float(res_scale), int(res_zp), slots, 1.0 / HW,
             triton.next_power_of_2(M))
     consts = dict(ACT=ACT_CODES[act], HAS_GATE=gate is not None, HAS_ZP=has_zp,
@@ -285,8 +286,8 @@ def pointwise_int8(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: 
     the float pointwise kernel: run to run deterministic for one config, but the tile shape
     sets the summation order, so the pool's last bits can differ between configs (and
     between GPUs whose autotuning picks differently; within the rel 1e-5 the tests allow).
-    Configs: autotuned on GPUs, keyed on (next pow2 of M, Cout,
-    Cin, gate/zp/residual/pool), pruned to tiles that do not overshoot the problem; one fixed
+    Configs: autotuned on GPUs, keyed on (next pow2 of M, Cout, Cin, gate/zp/residual/pool),
+    pruned to tiles that do not overshoot the problem; one fixed
     config with EFFNET_TRITON_AUTOTUNE=0, one small one under TRITON_INTERPRET=1. Row offsets
     are int64; alignment hints DIV_K / DIV_N as in pointwise.py.
 
@@ -505,8 +506,8 @@ def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     float32 ``a`` before requantisation: each program writes one (BLOCK_C,) partial, scaled by
     1/(Ho·Wo), to a float32 workspace (N, tiles, C) that the launcher sums in fixed order
     (deterministic, no atomics; the tile shape sets the summation order, so the pool's last
-    bits depend on the autotuned config). Offsets int64 per sample, int32 inside a sample unless it can
-    pass 2³¹ elements (I64). Autotuned on GPUs (key C, Wo, k, stride), one config with
+    bits depend on the autotuned config). Offsets int64 per sample, int32 inside a sample
+    unless it can pass 2³¹ elements (I64). Autotuned on GPUs (key C, Wo, k, stride), one config with
     EFFNET_TRITON_AUTOTUNE=0, one small config under the interpreter.
 
     Bytes moved: N·H·W·C (x) + N·Ho·Wo·C (y), int8, + C·(3k² + 8) (weight transpose and read,
