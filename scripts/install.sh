@@ -7,5 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip setuptools wheel
 .venv/bin/pip install -q -r requirements.txt
-MAX_JOBS=${MAX_JOBS:-2} .venv/bin/pip install --no-build-isolation --no-deps . 2>&1 | tail -n 3
+# Editable: the extension is built in place (effnet_kernels/_C*.so), so the installed package IS this
+# tree and `pytest` tests the code it sits next to (tests/conftest.py checks that).
+MAX_JOBS=${MAX_JOBS:-2} .venv/bin/pip install --no-build-isolation --no-deps -e . 2>&1 | tail -n 3
 .venv/bin/effnet-kernels info

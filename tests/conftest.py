@@ -1,9 +1,18 @@
 """Test setup: Triton runs through its interpreter when there is no GPU, CUDA tests skip without
 one, and ``poison`` makes every freshly allocated tensor NaN so an unwritten output fails."""
 
+import glob
 import os
+import sys
+from pathlib import Path
 
 import torch
+
+# The suite tests the tree it sits in: this checkout's effnet_kernels goes first on sys.path (an
+# editable install, scripts/install.sh, points there anyway; a git worktree or a second clone
+# would otherwise import some other installed copy).
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 # Must happen before triton is imported anywhere.
 if not torch.cuda.is_available():
@@ -12,6 +21,18 @@ else:  # one config per Triton kernel (tests/test_dwconv_triton.py forces each c
     os.environ.setdefault("EFFNET_TRITON_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
+
+import effnet_kernels  # noqa: E402
+
+if Path(effnet_kernels.__file__).resolve().parent != ROOT / "effnet_kernels":
+    raise pytest.UsageError(f"tests in {ROOT} imported effnet_kernels from "
+                            f"{effnet_kernels.__file__}, not from this tree")
+if not glob.glob(str(ROOT / "effnet_kernels" / "_C*.so")) and \
+        os.environ.get("EFFNET_TEST_WITHOUT_EXTENSION") != "1":
+    raise pytest.UsageError(
+        f"{ROOT}/effnet_kernels has no compiled core (_C*.so): build it in place with "
+        "`pip install --no-build-isolation -e .` (scripts/install.sh does) or `python setup.py "
+        "build_ext --inplace`; EFFNET_TEST_WITHOUT_EXTENSION=1 runs the suite without it")
 
 HAS_GPU = torch.cuda.is_available()
 

@@ -1,4 +1,4 @@
-"""effnet::dwconv_int8's CUDA kernel (csrc/quant/dwconv_int8_cuda.cu) against the exact integer
+"""effnet::dwconv_int8's CUDA kernel (csrc/dwconv_int8/dwconv_int8_cuda.cu) against the exact integer
 oracle effnet_kernels.reference.dwconv_int8.
 
 Contract (reference.py, "INT8"): y within 1 LSB of the reference (an FMA at an exact tie, or the
@@ -8,7 +8,7 @@ relative. Three kinds of test:
 * GPU (``-m cuda``): the kernel itself on odd shapes, every act, pool on/off, nonzero zero
   points, each launch path (16- and 8-byte vectors, generic), bad input.
 * CPU, always: the schema is compiled in, and the CUDA kernel is registered in a CUDA build.
-* CPU, slow: the kernel body (csrc/quant/dwconv_int8_kernel.cuh, written as __host__ __device__
+* CPU, slow: the kernel body (csrc/dwconv_int8/dwconv_int8_kernel.cuh, written as __host__ __device__
   phases) compiled for the host and run block by block over the launch grid: the indexing,
   tiling, staging, zero-point, dp4a and epilogue logic of the CUDA kernel, checked without a GPU.
 """
@@ -313,7 +313,7 @@ def emulator():
     from torch.utils.cpp_extension import load_inline
     # -ffp-contract=off: the host twin of the kernel must not fuse multiply-adds either.
     return load_inline("effnet_qdw_emu", cpp_sources=[EMU_SOURCE], functions=["emu"],
-                       extra_include_paths=[str(ROOT / "csrc" / "quant"), inc],
+                       extra_include_paths=[str(ROOT / "csrc" / "dwconv_int8"), inc],
                        extra_cflags=["-O2", "-std=c++20", "-ffp-contract=off"], verbose=False)
 
 
