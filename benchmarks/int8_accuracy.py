@@ -8,10 +8,10 @@ on the CPU, so it needs no GPU. Writes ``int8_accuracy.json`` and ``int8_accurac
    evaluate on random crops of the *other* pictures (``data.HELD_OUT_IMAGES``): top-1 agreement
    with FP32 (all crops, and the crops FP32 is confident about, max softmax > 0.5), top-5
    overlap, logit SQNR; per calibration method. Plus the SQNR of every int8 layer type on its
-   own (``quant.layer_sqnr``).
+   own (``quant.analysis.layer_sqnr``).
 2. EfficientNet-B0 (SE + SiLU) with random weights and BN statistics from random data: the
    logit SQNR and every layer type's own SQNR.
-3. For both: what the layers kept in float would cost in int8 (``quant.float_kept_sqnr``), and
+3. For both: what the layers kept in float would cost in int8 (``quant.analysis.float_kept_sqnr``), and
    for Lite0 a yardstick: FP32 against itself when only its input crops are stored as 8-bit
    images (``data.as_uint8_image``).
 """
@@ -30,6 +30,7 @@ import torch
 
 import effnet_kernels as ek
 from effnet_kernels import data, quant
+from effnet_kernels.quant import analysis
 from effnet_kernels.bench import git_commit
 
 
@@ -75,15 +76,15 @@ def lite0_report(cal_per_image: int, eval_per_image: int, methods, say) -> dict:
            "held_out_images": list(data.HELD_OUT_IMAGES),
            "calibration_crops": len(cal), "eval_crops": len(ev), "methods": {}}
     out["uint8_input_yardstick"] = _agreement(lf, _run(f, list(data.as_uint8_image(ev).split(32))))
-    out["float_kept_sqnr_db"] = _rounded(quant.float_kept_sqnr(f, cal, ev[:32]))
+    out["float_kept_sqnr_db"] = _rounded(analysis.float_kept_sqnr(f, cal, ev[:32]))
     say(f"lite0 yardstick {out['uint8_input_yardstick']}, float kept {out['float_kept_sqnr_db']}")
     for name in methods:
         t = time.perf_counter()
         q = quant.quantize(f, list(cal.split(24)), backend="torch", method=name)
         lq = _run(q, ev_b)
         res = _agreement(lf, lq)
-        res["layers"] = _by_type(quant.layer_sqnr(q, f, ev[:16]))
-        res["logit_sqnr_one_type_db"] = _rounded(quant.logit_sqnr_by_type(q, f, ev[:32],
+        res["layers"] = _by_type(analysis.layer_sqnr(q, f, ev[:16]))
+        res["logit_sqnr_one_type_db"] = _rounded(analysis.logit_sqnr_by_type(q, f, ev[:32],
                                                                         types=_ABLATE))
         res["seconds"] = round(time.perf_counter() - t, 1)
         out["methods"][name] = res
@@ -100,14 +101,14 @@ def b0_report(resolution: int, say) -> dict:
     cal = [torch.randn(8, 3, resolution, resolution, generator=g) for _ in range(2)]
     x = torch.randn(8, 3, resolution, resolution, generator=g)
     out = {"resolution": resolution, "methods": {},
-           "float_kept_sqnr_db": _rounded(quant.float_kept_sqnr(f, torch.cat(cal), x))}
+           "float_kept_sqnr_db": _rounded(analysis.float_kept_sqnr(f, torch.cat(cal), x))}
     say(f"b0 float kept {out['float_kept_sqnr_db']}")
     for name in ("minmax", "percentile", "mse"):
         q = quant.quantize(f, cal, backend="torch", method=name)
-        rows = quant.layer_sqnr(q, f, x)
+        rows = analysis.layer_sqnr(q, f, x)
         out["methods"][name] = {
             "layers": _by_type(rows), "logit_sqnr_db": round(quant.sqnr_db(f(x), q(x)), 2),
-            "logit_sqnr_one_type_db": _rounded(quant.logit_sqnr_by_type(q, f, x,
+            "logit_sqnr_one_type_db": _rounded(analysis.logit_sqnr_by_type(q, f, x,
                                                                         types=_ABLATE))}
         say(f"b0 {name}: {out['methods'][name]}")
     return out
@@ -149,7 +150,7 @@ def to_markdown(doc: dict) -> str:
         L.append("")
     L += ["Where the error enters, end to end: the logits' SQNR (dB) when only one layer type "
           "is int8 (its weights and its output; fake-quant simulation in float of the same "
-          "calibration, `quant.logit_sqnr_by_type`), and all of them:", ""]
+          "calibration, `quant.analysis.logit_sqnr_by_type`), and all of them:", ""]
     cols = list(_ABLATE) + ["all"]
     for title, sec in (("Lite0", lt), ("B0", doc["b0"])):
         L += [f"**{title}**", "", "| method | " + " | ".join(cols) + " |",
@@ -162,7 +163,7 @@ def to_markdown(doc: dict) -> str:
         kept = list(lt["float_kept_sqnr_db"])
         L += ["What the layers kept in float would cost in int8: the logits' SQNR (dB) when only "
               "that layer is made int8 (weights per output channel, inputs per tensor on the "
-              "calibration min/max; `quant.float_kept_sqnr`; stem.in = the input image itself "
+              "calibration min/max; `quant.analysis.float_kept_sqnr`; stem.in = the input image itself "
               "in int8):", "", "| model | " + " | ".join(kept) + " |",
               "|---|" + "---|" * len(kept)]
         for title, sec in (("Lite0", lt), ("B0", doc["b0"])):

@@ -1,8 +1,9 @@
 """Drop-in inference modules built on ``effnet_kernels.ops``, and BN folding.
 
-Each module follows one pattern (vLLM's CustomOp): it holds frozen, BN-folded weights, resolves
-its backend once at construction (``extra_repr`` shows it), runs that backend in ``forward``, and
-keeps ``forward_native`` (plain PyTorch, ``effnet_kernels.reference``) as the reference.
+Each module follows one pattern (vLLM's CustomOp): it holds frozen, BN-folded weights, validates
+them and binds its op's operator once at construction (``registry.bind``; ``extra_repr`` shows
+the backend), checks only its input per call, and keeps ``forward_native`` (plain PyTorch,
+``effnet_kernels.reference``) as the reference.
 Modules accept NCHW or channels_last inputs (the ops need channels_last; a layout change is made
 here if needed) and return channels_last outputs.
 """
@@ -12,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import ops, reference
+from . import checks, ops, reference, registry
 
-__all__ = ["fold_bn", "act_name", "FusedDWConvBNAct", "SqueezeExcite", "PointwiseConvBNAct"]
+__all__ = ["fold_bn", "act_name", "BoundOp", "FusedDWConvBNAct", "SqueezeExcite",
+           "PointwiseConvBNAct"]
 
 _ACT_TYPES = ((nn.SiLU, "silu"), (nn.ReLU6, "relu6"), (nn.ReLU, "relu"), (nn.Identity, "identity"))
 
@@ -62,12 +64,20 @@ def act_name(act: nn.Module | str | None) -> str:
                      "nn.SiLU, nn.ReLU6, nn.ReLU, nn.Identity or None")
 
 
-def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
-    total = max(((size + s - 1) // s - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
+class BoundOp(nn.Module):
+    """A module that runs the op ``op`` through the operator ``bind`` chose once (the backend
+    resolved by ``registry.bind`` for the module's device; ``self.backend`` names it)."""
+
+    op: str
+
+    def bind(self, backend: str, device: torch.device | None = None, *,
+             substitute: bool = False) -> None:
+        device = device if device is not None else next(self.buffers()).device
+        bound = registry.bind(self.op, backend, device, substitute=substitute)
+        self.backend, self._fn = bound.backend, bound.fn
 
 
-class FusedDWConvBNAct(nn.Module):
+class FusedDWConvBNAct(BoundOp):
     """Depthwise k×k conv + folded BN + activation (+ the SE squeeze) as one kernel.
 
     ``forward(x)`` returns y; ``forward(x, return_pool=True)`` returns ``(y, pool)`` with pool the
@@ -75,26 +85,46 @@ class FusedDWConvBNAct(nn.Module):
     computed from each input's size), or ``(left, right, top, bottom)``.
     """
 
+    op = "dwconv_bias_act"
+
     def __init__(self, weight: Tensor, bias: Tensor, stride: int = 1, padding="symmetric",
-                 act: str = "silu", backend: str = "auto") -> None:
+                 act: str = "silu", backend: str = "auto", *, substitute: bool = False) -> None:
         super().__init__()
-        if weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3]:
-            raise ValueError(f"weight must be (C, 1, k, k), got {tuple(weight.shape)}")
-        k = weight.shape[-1]
-        self.kernel_size, self.stride, self.act = k, int(stride), act_name(act)
-        if padding == "same":
-            self.padding = "same"
-        else:
-            self.padding = reference.normalize_padding(None if padding == "symmetric" else padding,
-                                                       k)
+        if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.shape[1] != 1 \
+                or weight.shape[2] != weight.shape[3]:
+            raise ValueError(f"weight must be (C, 1, k, k), got {checks._shape(weight)}")
+        self.kernel_size = checks.dw_weight(weight, weight.shape[0], self.op, weight.dtype,
+                                            weight.device)
+        self.stride, self.act = checks.stride(stride, self.op), act_name(act)
+        checks.vector(bias, weight.shape[0], self.op, "bias", weight.dtype, weight.device)
+        k = self.kernel_size
+        self.padding = "same" if padding == "same" else reference.normalize_padding(
+            None if padding == "symmetric" else padding, k)
+        if self.padding != "same":
+            checks.dw_geometry(k, k, k, self.stride, self.padding, self.op)  # pads in [0, k-1]
         self.register_buffer("weight", weight.detach().clone())
         self.register_buffer("bias", bias.detach().clone())
-        self.backend = ops.resolve_backend(backend, weight.device)
-        # Validate the configuration now, not at the first forward.
-        probe = torch.empty(1, weight.shape[0], k, k, dtype=weight.dtype, device=weight.device)
-        ops._check_dwconv(probe.contiguous(memory_format=torch.channels_last), self.weight,
-                          self.bias, self.stride, self.padding if self.padding != "same" else None,
-                          self.act)
+        self.bind(backend, substitute=substitute)
+        self._pads_cache: dict[tuple[int, int], list[int]] = {}
+
+    def _pads(self, x: Tensor) -> list[int]:
+        """The (left, right, top, bottom) pads for x's size, checked once per size."""
+        H, W = x.shape[-2], x.shape[-1]
+        pads = self._pads_cache.get((H, W))
+        if pads is None:
+            mode = self.padding if self.padding == "same" else None
+            p = (reference.conv_pads("same", H, W, self.kernel_size, self.stride)
+                 if mode else self.padding)
+            pads = list(checks.dw_geometry(H, W, self.kernel_size, self.stride, p, self.op))
+            self._pads_cache[(H, W)] = pads
+        return pads
+
+    def _check_input(self, x: Tensor) -> None:
+        w = self.weight
+        checks.nhwc(x, self.op, dtypes=(w.dtype,))
+        if x.shape[1] != w.shape[0]:
+            raise ValueError(f"{self.op}: x has {x.shape[1]} channels, the layer {w.shape[0]}")
+        checks.same_device(x, w.device, self.op, "x", "the layer")
 
     @classmethod
     def from_modules(cls, conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm | None = None,
@@ -133,16 +163,12 @@ class FusedDWConvBNAct(nn.Module):
             b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         return cls(w, b, conv.stride[0], padding, act_name(act), backend)
 
-    def _pads(self, x: Tensor) -> tuple[int, int, int, int]:
-        if self.padding != "same":
-            return self.padding
-        k, s = self.kernel_size, self.stride
-        return (*_same_pad(x.shape[-1], k, s), *_same_pad(x.shape[-2], k, s))
-
     def forward(self, x: Tensor, return_pool: bool = False):
         x = x.contiguous(memory_format=torch.channels_last)
-        return ops.dwconv_bias_act(x, self.weight, self.bias, self.stride, self._pads(x), self.act,
-                                   return_pool, backend=self.backend)
+        self._check_input(x)
+        y, pool = self._fn(x, self.weight, self.bias, self.stride, self._pads(x), self.act,
+                           return_pool)
+        return (y, pool) if return_pool else y
 
     def forward_native(self, x: Tensor, return_pool: bool = False):
         return reference.dwconv_bias_act(x, self.weight, self.bias, self.stride, self._pads(x),
@@ -157,7 +183,7 @@ def _module_attr(m: nn.Module, *names):
     return next((getattr(m, n) for n in names if getattr(m, n, None) is not None), None)
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(BoundOp):
     """Squeeze-and-excitation: x · sigmoid(fc2(silu(fc1(mean_hw(x))))), the MLP as one kernel.
 
     ``forward(x)`` is the drop-in (returns the scaled x, channels_last); ``gate(pooled)`` returns
@@ -165,15 +191,17 @@ class SqueezeExcite(nn.Module):
     pool from ``dwconv_bias_act(return_pool=True)`` and the gate applied inside the projection.
     """
 
+    op = "se_gate"
+
     def __init__(self, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
                  backend: str = "auto") -> None:
         super().__init__()
         for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
             t = t.detach()
             self.register_buffer(name, (t.reshape(t.shape[0], -1) if t.dim() > 1 else t).clone())
-        self.backend = ops._resolve_for_op("se_gate", backend, w1.device)
-        ops.se_gate(torch.zeros(1, self.w1.shape[1], device=w1.device), self.w1, self.b1, self.w2,
-                    self.b2, backend="torch")  # validate shapes now
+        ops.check_se(torch.zeros(1, self.w1.shape[1], device=w1.device), self.w1, self.b1,
+                     self.w2, self.b2)  # validate the weights now
+        self.bind(backend)
 
     @classmethod
     def from_modules(cls, se: nn.Module, backend: str = "auto") -> SqueezeExcite:
@@ -196,7 +224,13 @@ class SqueezeExcite(nn.Module):
         return cls(fc1.weight, z(fc1), fc2.weight, z(fc2), backend)
 
     def gate(self, pooled: Tensor) -> Tensor:
-        return ops.se_gate(pooled, self.w1, self.b1, self.w2, self.b2, backend=self.backend)
+        C = self.w1.shape[1]
+        if not isinstance(pooled, Tensor) or pooled.dim() != 2 or pooled.shape[1] != C \
+                or pooled.dtype != torch.float32:
+            raise ValueError(f"se_gate: pooled must be float32 (N, {C}), got "
+                             f"{checks._shape(pooled)} {getattr(pooled, 'dtype', '')}")
+        checks.same_device(pooled, self.w1.device, "se_gate", "pooled", "the layer")
+        return self._fn(pooled, self.w1, self.b1, self.w2, self.b2)
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.gate(x.float().mean((2, 3)))
@@ -211,7 +245,7 @@ class SqueezeExcite(nn.Module):
                f"backend={self.backend!r}"
 
 
-class PointwiseConvBNAct(nn.Module):
+class PointwiseConvBNAct(BoundOp):
     """1×1 conv + folded BN + act as a fused GEMM (``ops.pointwise_conv``).
 
     ``forward(x, gate=None, residual=None, pool_only=False)``: ``gate`` (N, Cin) float32 scales
@@ -219,15 +253,18 @@ class PointwiseConvBNAct(nn.Module):
     ``pool_only`` returns only the float32 (N, Cout) spatial mean (the head).
     """
 
+    op = "pointwise_conv"
+
     def __init__(self, weight: Tensor, bias: Tensor, act: str = "identity",
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", *, substitute: bool = False) -> None:
         super().__init__()
         self.register_buffer("weight", weight.detach().reshape(weight.shape[0], -1).clone())
         self.register_buffer("bias", bias.detach().clone())
         self.act = act_name(act)
-        self.backend = ops._resolve_for_op("pointwise_conv", backend, weight.device)
-        if self.bias.shape != (self.weight.shape[0],):
-            raise ValueError(f"bias must be ({self.weight.shape[0]},), got {tuple(bias.shape)}")
+        w = self.weight
+        ops.check_pointwise_weights(w, self.bias, w.shape[1], self.op, w.dtype, w.dtype,
+                                    w.device)
+        self.bind(backend, substitute=substitute)
 
     @classmethod
     def from_modules(cls, conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm | None = None,
@@ -253,8 +290,14 @@ class PointwiseConvBNAct(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last)
-        return ops.pointwise_conv(x, self.weight, self.bias, self.act, gate, residual, pool_only,
-                                  backend=self.backend)
+        w = self.weight
+        checks.nhwc(x, self.op, dtypes=(w.dtype,))
+        if x.shape[1] != w.shape[1]:
+            raise ValueError(f"{self.op}: x has {x.shape[1]} channels, the layer {w.shape[1]}")
+        checks.same_device(x, w.device, self.op, "x", "the layer")
+        if gate is not None or residual is not None or pool_only:
+            ops.check_pointwise_input(x, w.shape[0], gate, residual, pool_only, self.op)
+        return self._fn(x, w, self.bias, self.act, gate, residual, pool_only)
 
     def forward_native(self, x: Tensor, gate: Tensor | None = None,
                        residual: Tensor | None = None, pool_only: bool = False) -> Tensor:

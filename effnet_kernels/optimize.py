@@ -70,76 +70,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops
+from . import ops, reference, registry
 from .models.efficientnet import ConvBNAct, EfficientNet, MBConv
-from .nn import FusedDWConvBNAct, PointwiseConvBNAct, SqueezeExcite, act_name, fold_bn
+from .nn import BoundOp, FusedDWConvBNAct, PointwiseConvBNAct, SqueezeExcite, act_name, fold_bn
 
-__all__ = ["optimize", "op_backends", "FusedEfficientNet", "FusedMBConv", "FusedStem",
+__all__ = ["optimize", "op_backends", "FUSED_OPS", "FusedEfficientNet", "FusedMBConv", "FusedStem",
            "FrozenLinear"]
 
-# The fused ops the model uses, and which backends implement each (ops._OP_BACKENDS lists the
-# ops that lack some backend; the others have all four).
-_FUSED_OPS = ("bias_act", "dwconv_bias_act", "se_gate", "pointwise_conv")
-_ALL_BACKENDS = ("cuda", "triton", "cpu", "torch")
-# An op without a kernel on the requested backend runs on this one instead (stated, not silent).
-_SUBSTITUTE = {"cuda": "triton"}
-
-
-def _supported(op: str) -> tuple[str, ...]:
-    return tuple(getattr(ops, "_OP_BACKENDS", {}).get(op, _ALL_BACKENDS))
+# The fused ops the float model uses (``registry.resolve_all`` picks each one's backend).
+FUSED_OPS = ("bias_act", "dwconv_bias_act", "se_gate", "pointwise_conv")
 
 
 def op_backends(backend: str = "auto", device: torch.device | str = "cpu",
-                op_names: tuple[str, ...] = _FUSED_OPS, cpu_auto_torch: tuple[str, ...] = ()
-                ) -> tuple[dict[str, str], dict[str, str]]:
-    """Per-op backends for ``backend`` on tensors of ``device``: ``(backends, substitutions)``.
-
-    ``backends`` maps each fused op to the backend it runs on; ``substitutions`` maps an op that
-    lacks the requested backend to the reason it runs elsewhere (``pointwise_conv`` on "cuda"
-    runs on "triton"). Raises ``ValueError`` for an unknown name, ``RuntimeError`` when the
-    backend (or its substitute) is not available. ``op_names``: the ops to resolve (default the
-    fused float ops); ``cpu_auto_torch``: ops that "auto" puts on the torch reference for CPU
-    tensors (the int8 ops, which have no CPU kernels).
-    """
-    if backend not in ops.BACKENDS:
-        raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
-    device = torch.device(device)
-    out: dict[str, str] = {}
-    subs: dict[str, str] = {}
-    if backend == "auto":
-        avail = ops.available_backends(device)
-        for op in op_names:
-            if device.type == "cpu" and op in cpu_auto_torch:
-                out[op] = "torch"
-                continue
-            out[op] = next(b for b in avail if b in _supported(op))  # "torch" is in both
-        return out, subs
-    ops.resolve_backend(backend, device)  # RuntimeError naming what is missing
-    for op in op_names:
-        sup = _supported(op)
-        if backend in sup:
-            out[op] = backend
-            continue
-        alt = _SUBSTITUTE.get(backend)
-        if alt is None or alt not in sup:
-            raise RuntimeError(f"{op} has no {backend!r} implementation (it has {sup})")
-        try:
-            ops.resolve_backend(alt, device)
-        except RuntimeError as e:
-            raise RuntimeError(f"backend={backend!r}: {op} has no {backend!r} kernel and would run "
-                               f"on {alt!r}, which is not available: {e}") from None
-        out[op] = alt
-        subs[op] = f"{alt!r} (no {backend!r} kernel)"
-    return out, subs
+                op_names: tuple[str, ...] = FUSED_OPS) -> tuple[dict[str, str], dict[str, str]]:
+    """Per-op backends of a model built for ``backend`` on ``device``: ``(backends,
+    substitutions)`` (``registry.resolve_all``; e.g. ``pointwise_conv`` on "cuda" runs on
+    "triton", and ``substitutions`` says so)."""
+    return registry.resolve_all(op_names, backend, device)
 
 
 # ----------------------------------------------------------------------------- modules
-def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
-    total = max(((size + s - 1) // s - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
-
-
-class FusedStem(nn.Module):
+class FusedStem(BoundOp):
     """Stem: k×k stride-s full conv with BN folded (``F.conv2d``, no bias) → ``ops.bias_act``.
 
     Padding ``"symmetric"`` ((k−1)/2 each side, passed to the conv) or ``"same"`` (TF, from
@@ -147,11 +98,11 @@ class FusedStem(nn.Module):
     the weight's dtype; output channels_last.
 
     Why conv + ``bias_act`` and not a conv with bias + PyTorch's act: the act then runs on the
-    requested backend like every other op. Measured on the 2-core CPU (B0, 1×224², fp32): conv
-    0.27 ms; conv + ``bias_act`` ("cpu") 1.8 ms; conv with bias + ``F.silu_`` 0.57 ms — the gap
-    is the CPU ``bias_act`` kernel's SiLU (scalar ``expf``), to be fixed there, not here. On a
-    GPU in fp32, cuDNN runs this conv in TF32 unless ``torch.backends.cudnn.allow_tf32`` is off.
+    requested backend like every other op. On a GPU in fp32, cuDNN runs this conv in TF32 unless
+    ``torch.backends.cudnn.allow_tf32`` is off.
     """
+
+    op = "bias_act"
 
     def __init__(self, weight: Tensor, bias: Tensor, stride: int, padding: str, act: str,
                  backend: str) -> None:
@@ -162,15 +113,11 @@ class FusedStem(nn.Module):
         self.register_buffer("bias", bias.detach().clone())
         self.kernel_size, self.stride, self.padding = weight.shape[-1], int(stride), padding
         self.act = act_name(act)
-        self.backend = backend
+        self.bind(backend, weight.device)
 
     def pads(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) for an h×w input."""
-        k, s = self.kernel_size, self.stride
-        if self.padding == "symmetric":
-            p = (k - 1) // 2
-            return (p, p, p, p)
-        return (*_same_pad(w, k, s), *_same_pad(h, k, s))
+        return reference.conv_pads(self.padding, h, w, self.kernel_size, self.stride)
 
     def forward(self, x: Tensor) -> Tensor:
         left, right, top, bottom = self.pads(x.shape[-2], x.shape[-1])
@@ -180,7 +127,7 @@ class FusedStem(nn.Module):
             y = F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, None, self.stride)
         # cuDNN / oneDNN return channels_last for a channels_last input: a no-op then.
         y = y.contiguous(memory_format=torch.channels_last)
-        return ops.bias_act(y, self.bias, self.act, backend=self.backend)
+        return self._fn(y, self.bias, self.act)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]} -> {self.weight.shape[0]}, kernel_size="
@@ -471,7 +418,7 @@ def optimize(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None 
                          f"own), got {dtype!r}")
     if cuda_graph and device.type != "cuda":
         raise RuntimeError(f"cuda_graph=True needs a model on a CUDA device; it is on {device}")
-    be, subs = op_backends(backend, device)
+    be, subs = registry.resolve_all(FUSED_OPS, backend, device)
     if backend == "auto" and device.type == "cuda":
         slow = [op for op, b in be.items() if b == "torch"]
         if slow:

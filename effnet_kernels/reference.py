@@ -37,6 +37,19 @@ def bias_act(x: torch.Tensor, bias: torch.Tensor, act: str = "silu") -> torch.Te
     return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
+def conv_pads(mode: str, h: int, w: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding of a k×k conv with ``stride`` on an h×w input:
+    ``"symmetric"`` pads (k−1)/2 on every side (torchvision, timm); ``"same"`` pads like
+    TensorFlow: max((ceil(x/s) − 1)·s + k − x, 0) in all per axis, the extra pixel right/bottom."""
+    if mode == "symmetric":
+        p = (kernel - 1) // 2
+        return (p, p, p, p)
+    if mode != "same":
+        raise ValueError(f"padding mode must be 'symmetric' or 'same', got {mode!r}")
+    th, tw = (max(((x + stride - 1) // stride - 1) * stride + kernel - x, 0) for x in (h, w))
+    return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+
+
 def normalize_padding(padding, kernel: int) -> tuple[int, int, int, int]:
     """``None`` → symmetric (k−1)/2; an int p → (p, p, p, p); else (left, right, top, bottom)."""
     if padding is None:

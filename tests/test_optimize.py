@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import effnet_kernels as ek
 from conftest import rel_err
-from effnet_kernels import ops
+from effnet_kernels import ops, registry
 from effnet_kernels.nn import FusedDWConvBNAct, PointwiseConvBNAct, SqueezeExcite
 from effnet_kernels.optimize import FusedEfficientNet, FusedMBConv, op_backends
 
@@ -415,7 +415,7 @@ def test_input_model_untouched():
 
 def test_cuda_backend_runs_pointwise_on_triton(monkeypatch):
     """The per-op mapping, without a GPU: pretend "cuda" and "triton" exist for CUDA tensors."""
-    monkeypatch.setattr(ops, "available_backends",
+    monkeypatch.setattr(registry, "device_backends",
                         lambda device="cpu": ["cuda", "triton", "torch"])
     be, subs = op_backends("cuda", "cuda")
     assert be == {"bias_act": "cuda", "dwconv_bias_act": "cuda", "se_gate": "cuda",
@@ -423,7 +423,7 @@ def test_cuda_backend_runs_pointwise_on_triton(monkeypatch):
     assert subs == {"pointwise_conv": "'triton' (no 'cuda' kernel)"}
     assert op_backends("auto", "cuda")[0] == be
     assert op_backends("triton", "cuda")[0] == dict.fromkeys(be, "triton")
-    monkeypatch.setattr(ops, "available_backends", lambda device="cpu": ["cuda", "torch"])
+    monkeypatch.setattr(registry, "device_backends", lambda device="cpu": ["cuda", "torch"])
     with pytest.raises(RuntimeError, match="pointwise_conv has no 'cuda' kernel and would run "
                                            "on 'triton', which is not available"):
         op_backends("cuda", "cuda")  # never a silent fall back to "torch"

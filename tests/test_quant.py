@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import effnet_kernels as ek
 from effnet_kernels import ops, quant, reference
+from effnet_kernels.quant import analysis, calibration
 
 CL = torch.channels_last
 
@@ -78,18 +79,18 @@ def test_bias_correction_removes_the_mean_error_of_rounded_weights():
     wd = wq.float() * sw[:, None]
     b = torch.randn(16, generator=g)
     err_plain = (x @ wd.t() + b - (x @ w.t() + b)).mean(0)
-    bc = quant._corrected_bias(w, wq, sw, b, x.mean(0))
+    bc = calibration.corrected_bias(w, wq, sw, b, x.mean(0))
     err_corr = (x @ wd.t() + bc - (x @ w.t() + b)).mean(0)
     assert err_plain.abs().max() > 1e-3  # the rounding error does not average out ...
     assert err_corr.abs().max() < err_plain.abs().max() / 100  # ... until corrected
-    assert torch.equal(quant._corrected_bias(w, wq, sw, b, None), b)
+    assert torch.equal(calibration.corrected_bias(w, wq, sw, b, None), b)
     # depthwise: every tap of channel c reads channel c
     wdw = torch.randn(8, 1, 3, 3, generator=g)
     q2, s2 = quant.quantize_weight(wdw)
     m = torch.rand(8, generator=g) + 1
     want = b[:8].double() - ((q2.double() * s2.double().view(8, 1, 1, 1) - wdw.double())
                              .reshape(8, -1).sum(1) * m.double())
-    torch.testing.assert_close(quant._corrected_bias(wdw, q2, s2, b[:8], m, depthwise=True),
+    torch.testing.assert_close(calibration.corrected_bias(wdw, q2, s2, b[:8], m, depthwise=True),
                                want.float())
 
 
@@ -358,7 +359,7 @@ def test_b0_sqnr_per_layer_type(b0_small):
     q = quant.quantize(f, calib, backend="torch", method="mse", max_samples=1 << 14,
                        first_dw_float=False)
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(7))
-    rows = quant.layer_sqnr(q, f, x)
+    rows = analysis.layer_sqnr(q, f, x)
     by = _mean_by_type(rows)
     assert set(by) == {"stem", "expand", "dw", "dw_pool", "project", "head_pool", "logits"}
     for t in ("stem", "expand", "dw", "project"):
@@ -379,11 +380,11 @@ def test_error_attribution_tools_measure_and_restore(b0_small):
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         before = f(x)
-    by = quant.logit_sqnr_by_type(q, f, x, types=("stem", "expand", "dw.weight", "dw.out",
+    by = analysis.logit_sqnr_by_type(q, f, x, types=("stem", "expand", "dw.weight", "dw.out",
                                                   "project", "head"))
     assert all(math.isfinite(v) and v > 5.0 for v in by.values()), by
     assert by["all"] < min(v for k, v in by.items() if k != "all"), by
-    kept = quant.float_kept_sqnr(f, torch.cat(calib), x)
+    kept = analysis.float_kept_sqnr(f, torch.cat(calib), x)
     assert set(kept) == {"stem.in", "stem.weight", "se", "classifier"}
     assert all(math.isfinite(v) and v > 10.0 for v in kept.values()), kept
     with torch.no_grad():
@@ -391,7 +392,7 @@ def test_error_attribution_tools_measure_and_restore(b0_small):
     se = next(b.se for st in f.blocks for b in st if b.se is not None)
     assert "gate" not in vars(se)  # the simulated gate was removed again
     with pytest.raises(ValueError, match="unknown float-kept"):
-        quant.float_kept_sqnr(f, torch.cat(calib), x, types=("se", "stem"))
+        analysis.float_kept_sqnr(f, torch.cat(calib), x, types=("se", "stem"))
 
 
 def test_as_uint8_image_is_on_the_8_bit_grid():

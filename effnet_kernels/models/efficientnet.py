@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..reference import conv_pads
+
 __all__ = [
     "BASE_STAGES",
     "CONFIGS",
@@ -157,11 +159,6 @@ def stage_settings(config: str | EfficientNetConfig) -> list[StageSetting]:
 _ACTS = {"silu": nn.SiLU, "relu6": nn.ReLU6, "identity": nn.Identity}
 
 
-def _same_pad(size: int, kernel: int, stride: int) -> int:
-    """Total TF 'SAME' padding along one axis: max((ceil(size/s) − 1)·s + k − size, 0)."""
-    return max(((size + stride - 1) // stride - 1) * stride + kernel - size, 0)
-
-
 class ConvBNAct(nn.Module):
     """Conv2d (no bias) → BatchNorm2d → activation.
 
@@ -195,12 +192,7 @@ class ConvBNAct(nn.Module):
 
     def pad_for(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) padding this layer applies to an h×w input."""
-        if self.padding_mode == "symmetric":
-            p = (self.kernel - 1) // 2
-            return (p, p, p, p)
-        ph = _same_pad(h, self.kernel, self.stride)
-        pw = _same_pad(w, self.kernel, self.stride)
-        return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+        return conv_pads(self.padding_mode, h, w, self.kernel, self.stride)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.padding_mode == "same":
