@@ -484,22 +484,10 @@ if _C is not None and hasattr(torch.ops.effnet, "dwconv_int8"):
             return x.new_empty((N, weight.shape[0]), dtype=torch.float32)
         return x.new_empty((N, weight.shape[0], H, W)).contiguous(memory_format=torch.channels_last)
 
-    # The CPU kernels of the two schemas are the integer reference (so the dispatcher ops exist
-    # on CPU tensors too, and opcheck runs without a GPU).
-    @torch.library.impl("effnet::dwconv_int8", "CPU")
-    def _dwconv_int8_cpu(x, weight, scale, bias, stride, padding, in_zp, out_inv_scale, out_zp,
-                         act, return_pool):
-        out = reference.dwconv_int8(x, weight, scale, bias, stride, tuple(padding), in_zp,
-                                    out_inv_scale, out_zp, act, return_pool)
-        if return_pool:
-            return out
-        return out, x.new_empty((0,), dtype=torch.float32)
-
-    @torch.library.impl("effnet::pointwise_int8", "CPU")
-    def _pointwise_int8_cpu(x, weight, scale, bias, in_zp, out_inv_scale, out_zp, act, gate,
-                            residual, res_scale, res_zp, pool_only):
-        return reference.pointwise_int8(x, weight, scale, bias, in_zp, out_inv_scale, out_zp,
-                                        act, gate, residual, res_scale, res_zp, pool_only)
+    @torch.library.register_fake("effnet::quantize_per_tensor")
+    def _quantize_per_tensor_fake(x, inv_scale, zp):
+        q = x.new_empty(x.shape, dtype=torch.int8)
+        return q.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else q
 
 
 def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
