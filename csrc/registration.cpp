@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "common/cpu_isa.h"
+
 #ifndef EFFNET_VERSION
 #define EFFNET_VERSION "0.0.0"
 #endif
@@ -47,6 +49,9 @@ TORCH_LIBRARY(effnet, m) {
       "pointwise_int8(Tensor x, Tensor weight, Tensor scale, Tensor bias, int in_zp, "
       "float out_inv_scale, int out_zp, str act, Tensor? gate, Tensor? residual, float res_scale, "
       "int res_zp, bool pool_only) -> Tensor");
+  // float x (any layout) -> int8 clamp(floor(x * inv_scale + 0.5) + zp, -128, 127), channels_last
+  // when x is 4-D: the model input into the int8 grid (reference.py::quantize_per_tensor).
+  m.def("quantize_per_tensor(Tensor x, float inv_scale, int zp) -> Tensor");
 }
 
 namespace effnet {
@@ -92,5 +97,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         return d;
       },
       "How this extension was built: version, has_cuda, cuda_version, archs, torch_version.");
+  module.def(
+      "set_cpu_isa",
+      [](const std::string& name) { return effnet::cpu::isa_name(effnet::cpu::set_isa(name)); },
+      pybind11::arg("name"),
+      "Selects which ISA build of the CPU kernels runs: 'baseline', 'avx2', 'avx512' or 'auto' "
+      "(the best this CPU runs; the default unless EFFNET_CPU_ISA says otherwise). Raises "
+      "ValueError for a level this CPU cannot run. Returns the level now active.");
+  module.def(
+      "cpu_isa", [] { return effnet::cpu::isa_name(effnet::cpu::active_isa()); },
+      "The ISA level the CPU kernels run now: 'baseline', 'avx2' or 'avx512'.");
+  module.def(
+      "cpu_isas",
+      [] {
+        pybind11::list l;
+        for (const auto isa : {effnet::cpu::Isa::Baseline, effnet::cpu::Isa::AVX2,
+                               effnet::cpu::Isa::AVX512}) {
+          if (effnet::cpu::isa_supported(isa)) l.append(effnet::cpu::isa_name(isa));
+        }
+        return l;
+      },
+      "The ISA levels this CPU runs, lowest first (each is a valid set_cpu_isa name).");
 }
 #endif

@@ -81,3 +81,29 @@ def assert_close_to_ref(out, ref64, inputs_lowp_ref, dtype):
     max_ours = (out.double() - ref64).abs().max().item()
     scale = ref64.abs().max().item()
     assert max_ours <= 2 * max(max_torch, floor * scale), (max_ours, max_torch)
+
+
+def _cpu_isas() -> list:
+    """The CPU ISA levels this machine runs (effnet_kernels._C.cpu_isas()), [] without _C."""
+    try:
+        from effnet_kernels import _C
+    except ImportError:
+        return []
+    return list(_C.cpu_isas()) if hasattr(_C, "cpu_isas") else []
+
+
+@pytest.fixture(params=_cpu_isas() or [None])
+def cpu_isa(request):
+    """Runs the test once per CPU ISA level this machine runs ('baseline', 'avx2', 'avx512':
+    which build of the CPU kernels runs, effnet_kernels._C.set_cpu_isa), then restores the
+    previous level."""
+    if request.param is None:
+        pytest.skip("effnet_kernels._C not built (no CPU ISA switch)")
+    from effnet_kernels import _C
+
+    prev = _C.cpu_isa()
+    _C.set_cpu_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _C.set_cpu_isa(prev)

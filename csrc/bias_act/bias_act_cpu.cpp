@@ -2,8 +2,8 @@
 //
 // Layout: NHWC, so each of the N*H*W rows is C contiguous values that share the bias vector.
 // Parallel over rows (at::parallel_for); float rows go through the AVX2 intrinsics epilogue of
-// cpu_math.h when the CPU has AVX2, otherwise (and for reduced precision) at::vec float vectors with a
-// scalar tail, reduced-precision inputs widened to float32 on load.
+// cpu_math.h when the ISA switch allows AVX2 (cpu_isa.h), otherwise (and for reduced precision)
+// at::vec float vectors with a scalar tail, reduced-precision inputs widened to float32 on load.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -78,7 +78,7 @@ at::Tensor bias_act_cpu(const at::Tensor& x, const at::Tensor& bias, const std::
   if (rows == 0) return y;
   // Enough rows per task that a task moves at least ~32 KiB.
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1));
-  const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::has_avx2_fma();
+  const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::use_avx2();
   EFFNET_DISPATCH_FLOAT_TYPES(x.scalar_type(), "bias_act_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();

@@ -1,6 +1,6 @@
 // Float math for the CPU kernels written so GCC/Clang auto-vectorise it (no libm calls in loops),
-// and a helper that compiles a kernel twice: for the baseline ISA and for x86-64-v3 (AVX2 + FMA),
-// picking the AVX2 one at run time when the CPU has it.
+// and a helper that compiles a kernel twice: for the baseline ISA and for x86-64-v3 (AVX2 + FMA);
+// the kernel picks one per call with cpu::use_avx2() (the ISA switch, cpu_isa.h).
 #pragma once
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 #include <c10/macros/Macros.h>
 
 #include "act.h"
+#include "cpu_isa.h"
 
 namespace effnet::cpu {
 
@@ -40,16 +41,6 @@ C10_ALWAYS_INLINE float act_vec(float v) {
   } else {
     return apply_act<A>(v);
   }
-}
-
-// True when the AVX2 + FMA build of a kernel may run on this CPU.
-inline bool has_avx2_fma() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
 }
 
 }  // namespace effnet::cpu

@@ -7,7 +7,7 @@
 // vectorised epilogue call per pixel. Weights are transposed once per
 // call to [k*k][C] float32 so each tap reads a contiguous channel block. The pool is reduced from
 // per-row partial sums in a fixed order (deterministic). Kernels are built for the baseline ISA
-// and for AVX2+FMA, chosen at run time.
+// and for AVX2+FMA, chosen per call by the ISA switch (cpu_isa.h).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -164,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv_bias_act_cpu(const at::Tensor& x,
   }
   at::Tensor partial = return_pool ? at::empty({rows, s.C}, f32) : at::Tensor();
   float* pp = return_pool ? partial.mutable_data_ptr<float>() : nullptr;
-  const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::has_avx2_fma();
+  const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::use_avx2();
   // ~16k multiply-adds per task at least.
   const int64_t grain =
       std::max<int64_t>(1, 16384 / std::max<int64_t>(1, s.Wo * s.C * s.k * s.k));

@@ -77,7 +77,7 @@ at::Tensor pointwise_conv_cpu(const at::Tensor& x, const at::Tensor& weight,
   if (N == 0 || Cout == 0) return out;
   if (HW == 0) return pool_only ? out.fill_(std::numeric_limits<float>::quiet_NaN()) : out;
   const bool fold_gate_into_w = gate.has_value() && HW > Cout;
-  const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::has_avx2_fma();
+  const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::use_avx2();
   const float* bp = bf.const_data_ptr<float>();
 
   EFFNET_DISPATCH_FLOAT_TYPES(x.scalar_type(), "pointwise_conv_cpu", [&] {
