@@ -3,19 +3,16 @@ oracle effnet_kernels.reference.dwconv_int8.
 
 Contract (reference.py, "INT8"): y within 1 LSB of the reference (an FMA at an exact tie, or the
 last ulp of SiLU's exp, may flip a rounding), and such flips must be rare; pool within 1e-5
-relative. Three kinds of test:
+relative. Two kinds of test here:
 
 * GPU (``-m cuda``): the kernel itself on odd shapes, every act, pool on/off, nonzero zero
   points, each launch path (16- and 8-byte vectors, generic), bad input.
 * CPU, always: the schema is compiled in, and the CUDA kernel is registered in a CUDA build.
-* CPU, slow: the kernel body (csrc/dwconv_int8/dwconv_int8_kernel.cuh, written as __host__ __device__
-  phases) compiled for the host and run block by block over the launch grid: the indexing,
-  tiling, staging, zero-point, dp4a and epilogue logic of the CUDA kernel, checked without a GPU.
-"""
 
-import os
-import shutil
-from pathlib import Path
+The kernel body emulated on the CPU (csrc/dwconv_int8/dwconv_int8_kernel.cuh compiled for the
+host and run block by block over the launch grid) is tested in tests/test_cuda_emulation.py,
+with CASES, make and assert_matches from here.
+"""
 
 import pytest
 import torch
@@ -23,7 +20,6 @@ import torch
 from conftest import rel_err
 from effnet_kernels import ops, reference
 
-ROOT = Path(__file__).resolve().parents[1]
 ACTS = ["silu", "relu6", "relu", "identity"]
 
 needs_ext = pytest.mark.skipif(not ops.extension_available(),
@@ -212,153 +208,3 @@ def test_gpu_rejects_bad_input():
              w=torch.zeros(37, 1, 5, 5, dtype=torch.int8, device="cuda"), pads=[1, 1, 1, 1])
     with pytest.raises(ValueError, match="unknown activation"):
         call(act="tanh")
-
-
-# ------------------------------------------------------------- CPU, slow: the kernel body emulated
-
-EMU_SOURCE = r"""
-#include <torch/extension.h>
-#include <cstring>
-#include <vector>
-#include "dwconv_int8_kernel.cuh"
-
-using namespace effnet;
-
-// Runs the grid as the GPU would, one block at a time: phase by phase over all the block's
-// threads (the __syncthreads between phases), shared memory pre-filled with garbage.
-template <int K, int S, int VEC, Act A>
-void run_grid(const qdw::Plan& p, const qdw::Args& a) {
-  using B = qdw::Block<K, S, VEC, A>;
-  const bool pool = a.pool_out != nullptr;
-  const int64_t words = qdw::smem_words(p, pool);
-  TORCH_CHECK(p.CT * p.RW <= 256 && words * 4 <= 48 * 1024, "block too big");
-  std::vector<int4> smem(words / 4 + 1);
-  const int nthreads = p.CT * p.RW;
-  for (int64_t bid = 0; bid < p.s.N * p.bands * p.chunks; ++bid) {
-    std::memset(smem.data(), 0x5A, smem.size() * sizeof(int4));
-    const auto m = B::carve(p, reinterpret_cast<int32_t*>(smem.data()), pool);
-    for (int tid = 0; tid < nthreads; ++tid) B::stage(p, a, m, bid, tid, nthreads);
-    for (int ty = 0; ty < p.RW; ++ty)
-      for (int tx = 0; tx < p.CT; ++tx) B::compute(p, a, m, bid, tx, ty);
-    if (pool)
-      for (int tid = 0; tid < nthreads; ++tid) B::reduce(p, a, m, bid, tid, nthreads);
-  }
-}
-
-template <int K, Act A>
-void run_fast(const qdw::Plan& p, const qdw::Args& a) {
-  if (p.vec == 16) {
-    if (p.s.stride == 1) run_grid<K, 1, 16, A>(p, a); else run_grid<K, 2, 16, A>(p, a);
-  } else {
-    if (p.s.stride == 1) run_grid<K, 1, 8, A>(p, a); else run_grid<K, 2, 8, A>(p, a);
-  }
-}
-
-// Same plan, workspace and pool finalisation as dwconv_int8_cuda(); y pre-filled with 0x55.
-std::vector<torch::Tensor> emu(torch::Tensor x, torch::Tensor weight, torch::Tensor scale,
-                               torch::Tensor bias, int64_t stride, std::vector<int64_t> padding,
-                               int64_t in_zp, double inv, int64_t out_zp, std::string act,
-                               bool return_pool, int64_t sm_count, int64_t vec_cap) {
-  const QDwShape s = check_dwconv_int8_args(x, weight, scale, bias, stride, padding, in_zp, inv,
-                                            out_zp);
-  const Act ac = parse_act(act);
-  auto w = weight.contiguous(), sc = scale.contiguous(), b = bias.contiguous();
-  auto f32 = x.options().dtype(at::kFloat);
-  auto y = torch::full({s.N, s.C, s.Ho, s.Wo}, 0x55, x.options())
-               .contiguous(at::MemoryFormat::ChannelsLast);
-  auto pool = return_pool ? torch::full({s.N, s.C}, NAN, f32) : torch::empty({0}, f32);
-  const qdw::Plan p = qdw::make_plan(s, x.data_ptr(), y.data_ptr(), sm_count, vec_cap);
-  torch::Tensor partial;
-  qdw::Args a{x.data_ptr<int8_t>(), w.data_ptr<int8_t>(), sc.data_ptr<float>(),
-              b.data_ptr<float>(), y.data_ptr<int8_t>(), nullptr};
-  if (return_pool) {
-    partial = torch::full({s.N, p.bands, s.C}, NAN, f32);
-    a.pool_out = p.bands == 1 ? pool.data_ptr<float>() : partial.data_ptr<float>();
-  }
-  dispatch_act(ac, [&](auto act_c) {
-    constexpr Act A = decltype(act_c)::value;
-    if (p.vec == 1) run_grid<0, 0, 1, A>(p, a);
-    else if (s.k == 3) run_fast<3, A>(p, a);
-    else run_fast<5, A>(p, a);
-  });
-  if (return_pool && p.bands > 1) {
-    const float* pp = partial.data_ptr<float>();
-    float* po = pool.data_ptr<float>();
-    const float f = 1.0f / static_cast<float>(s.Ho * s.Wo);
-    for (int64_t n = 0; n < s.N; ++n)
-      for (int64_t c = 0; c < s.C; ++c) {
-        float sum = 0.0f;
-        for (int64_t bb = 0; bb < p.bands; ++bb) sum += pp[(n * p.bands + bb) * s.C + c];
-        po[n * s.C + c] = sum * f;
-      }
-  }
-  return {y, pool, torch::tensor({static_cast<int64_t>(p.vec), p.bands})};
-}
-"""
-
-
-def _cuda_include():
-    from torch.utils import cpp_extension
-    for home in (os.environ.get("CUDA_HOME"), cpp_extension.CUDA_HOME, "/usr/local/cuda"):
-        if home and (Path(home) / "include" / "vector_types.h").is_file():
-            return str(Path(home) / "include")
-    return None
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    inc = _cuda_include()
-    if inc is None or shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("needs a C++ compiler and the CUDA headers (vector_types.h)")
-    from torch.utils.cpp_extension import load_inline
-    # -ffp-contract=off: the host twin of the kernel must not fuse multiply-adds either.
-    return load_inline("effnet_qdw_emu", cpp_sources=[EMU_SOURCE], functions=["emu"],
-                       extra_include_paths=[str(ROOT / "csrc" / "dwconv_int8"), inc],
-                       extra_cflags=["-O2", "-std=c++20", "-ffp-contract=off"], verbose=False)
-
-
-EMU_CASES = [c for c in CASES if c[2] * c[3] * c[1] < 200_000] + [(1, 240, 14, 14, 3, 1, None)]
-
-
-@pytest.mark.slow
-@needs_ext
-@pytest.mark.parametrize("case", EMU_CASES,
-                         ids=[f"N{c[0]}C{c[1]}_{c[2]}x{c[3]}_k{c[4]}s{c[5]}_p{c[6]}"
-                              for c in EMU_CASES])
-def test_kernel_body_emulated_on_cpu(emulator, case):
-    """Each act; pool on and off; many bands (132 SMs) and one band (1 SM); the 16-byte,
-    8-byte and generic paths forced through vec_cap."""
-    x, w, sc, b, s, pads = make(case)
-    paths_seen = set()
-    for act in ACTS:
-        for return_pool, sms, vec_cap in [(True, 132, 16), (False, 132, 16), (True, 1, 16),
-                                          (True, 132, 8), (True, 5, 1)]:
-            y, pool, info = emulator.emu(x, w, sc, b, s, pads, -7, 21.5, 5, act, return_pool,
-                                         sms, vec_cap)
-            paths_seen.add(int(info[0]))
-            assert_matches(y, pool, x, w, sc, b, s, pads, -7, 21.5, 5, act, return_pool)
-    C, k = case[1], case[4]
-    expected = {1} | ({16, 8} if C % 16 == 0 and k in (3, 5) else set()) | (
-        {8} if C % 8 == 0 and k in (3, 5) else set())
-    assert paths_seen == expected, (paths_seen, expected)
-
-
-@pytest.mark.slow
-@needs_ext
-def test_kernel_body_emulated_zero_points_and_alignment(emulator):
-    for in_zp, out_zp, inv in [(-128, 127, 3.0), (127, -128, 40.0), (0, 0, 21.5)]:
-        x, w, sc, b, s, pads = make((1, 32, 9, 9, 5, 1, None), seed=3)
-        y, pool, _ = emulator.emu(x, w, sc, b, s, pads, in_zp, inv, out_zp, "relu6", True, 132,
-                                  16)
-        assert_matches(y, pool, x, w, sc, b, s, pads, in_zp, inv, out_zp, "relu6", True)
-    N, C, H, W = 2, 64, 9, 7
-    x0, w, sc, b, s, pads = make((N, C, H, W, 3, 1, None))
-    for offset, path in [(1, 1), (8, 8), (16, 16)]:
-        base = torch.zeros(64 + N * H * W * C, dtype=torch.int8)
-        start = (-base.data_ptr()) % 16 + offset  # storage offset giving this alignment
-        x = base[start:start + N * H * W * C].view(N, H, W, C).permute(0, 3, 1, 2)
-        x.copy_(x0)
-        y, pool, info = emulator.emu(x, w, sc, b, s, pads, -7, 21.5, 5, "silu", True, 132, 16)
-        assert int(info[0]) == path
-        assert_matches(y, pool, x, w, sc, b, s, pads, -7, 21.5, 5, "silu", True)
-

@@ -1,48 +1,34 @@
-// CUDA implementation of effnet::bias_act (see bias_act.h for the contract).
+// CUDA implementation of effnet::bias_act (see bias_act.h for the contract): the __global__
+// wrapper and launch of the kernel body in bias_act_cuda_kernel.cuh (tiling described there).
 //
-// NHWC makes the op a flat elementwise pass where element e has channel e % C. Each thread moves
-// one 16-byte pack (8 halves / 4 floats) of x and the matching pack of bias; the fast path needs
-// C % VEC == 0 and 16-byte aligned pointers, anything else takes the scalar path (VEC = 1).
-// Grid-stride loop with 64-bit indices. Bytes moved: 2 * numel * sizeof(T) (+ bias, cached).
-//
-// Status: compiled in CI; exercised on a GPU only through benchmarks/gpu_check.sh.
+// Status: compiles in CI; NOT YET RUN ON A GPU (exercised on a GPU only through
+// benchmarks/gpu_check.sh). The kernel body is emulated on the CPU by
+// tests/test_cuda_emulation.py.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "../common/cuda_utils.cuh"
 #include "../common/dispatch.h"
 #include "bias_act.h"
+#include "bias_act_cuda_kernel.cuh"
 
 namespace effnet {
 namespace {
 
 template <typename T, Act A, int VEC>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kBiasActThreads)
     bias_act_kernel(const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y,
                     int64_t num_packs, int64_t C) {
-  using P = Pack<T, VEC>;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < num_packs;
-       i += stride) {
-    const int64_t e = i * VEC;
-    const int64_t c = e % C;  // C % VEC == 0 on the vector path: a pack never wraps a row
-    const P xv = reinterpret_cast<const P*>(x)[i];
-    const P bv = *reinterpret_cast<const P*>(bias + c);
-    P yv;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      yv.v[j] = static_cast<T>(apply_act<A>(static_cast<float>(xv.v[j]) +
-                                            static_cast<float>(bv.v[j])));
-    }
-    reinterpret_cast<P*>(y)[i] = yv;
-  }
+  bias_act_thread<T, A, VEC>(x, bias, y, num_packs, C,
+                             static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                             static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
 template <typename T, Act A, int VEC>
 void launch(const T* x, const T* b, T* y, int64_t numel, int64_t C, cudaStream_t stream) {
-  constexpr int kThreads = 256;
   const int64_t packs = numel / VEC;
-  bias_act_kernel<T, A, VEC><<<grid_for(packs, kThreads), kThreads, 0, stream>>>(x, b, y, packs, C);
+  bias_act_kernel<T, A, VEC><<<grid_for(packs, kBiasActThreads), kBiasActThreads, 0, stream>>>(
+      x, b, y, packs, C);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -62,8 +48,8 @@ at::Tensor bias_act_cuda(const at::Tensor& x, const at::Tensor& bias, const std:
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    constexpr int VEC = 16 / sizeof(scalar_t);
-    const bool vec_ok = C % VEC == 0 && is_aligned(xp, 16) && is_aligned(bp, 16);
+    constexpr int VEC = bias_act_vec<scalar_t>();
+    const bool vec_ok = bias_act_vector_ok(C, xp, bp);
     dispatch_act(a, [&](auto act_c) {
       constexpr Act A = decltype(act_c)::value;
       if (vec_ok) {

@@ -1,4 +1,4 @@
-// Helpers for the CUDA kernels: aligned vector packs for 16-byte loads/stores and launch sizing.
+// Host-side helpers for the CUDA launchers (the kernel-body helpers are in cuda_kernel.h).
 // Only c10/cuda headers are used (ATen/cuda/CUDAContext.h pulls in cuBLAS headers that a bare
 // CUDA toolkit may lack).
 #pragma once
@@ -10,23 +10,16 @@
 
 #include <cstdint>
 
+#include "cuda_kernel.h"
+#include "cuda_pool.h"
+
 namespace effnet {
 
-// VEC elements of T moved as one aligned transaction (16 bytes when VEC * sizeof(T) == 16).
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
+// Streaming multiprocessors of `device` (sizes the launch plans). Defined in cuda_shared.cu.
+int sm_count(int device);
 
-inline bool is_aligned(const void* p, size_t bytes) {
-  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
-}
-
-// Blocks for a grid-stride loop over `work` items: enough to fill the GPU, capped so the grid
-// stays legal; the kernel loops over the rest.
-inline unsigned int grid_for(int64_t work, int threads) {
-  const int64_t blocks = (work + threads - 1) / threads;
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 1 << 16)));
-}
+// Turns the kernel's per-band partial sums into the pool (pool_finalize_thread over a grid) when
+// the workspace has them; nothing otherwise. Defined in cuda_shared.cu.
+void finalize_pool(const PoolWorkspace& ws, cudaStream_t stream);
 
 }  // namespace effnet

@@ -16,13 +16,9 @@
 
 #include "../common/act.h"
 #include "../common/checks.h"
+#include "../common/dw_geometry.h"
 
 namespace effnet {
-
-struct DwShape {
-  int64_t N, C, H, W, Ho, Wo;
-  int k, stride, pad_left, pad_top;
-};
 
 // Shape/dtype/layout checks shared by every backend; returns the problem's geometry.
 inline DwShape check_dwconv_args(const at::Tensor& x, const at::Tensor& weight,
@@ -30,36 +26,12 @@ inline DwShape check_dwconv_args(const at::Tensor& x, const at::Tensor& weight,
                                  at::IntArrayRef padding) {
   constexpr const char* op = "effnet::dwconv_bias_act";
   check_nhwc_input(x, op);
-  const int64_t C = x.size(1);
-  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 &&
-                        weight.size(2) == weight.size(3),
-                    op, ": weight must have shape (", C, ", 1, k, k), got ", weight.sizes());
-  const int64_t k = weight.size(2);
-  TORCH_CHECK_VALUE(k % 2 == 1 && k <= 31, op, ": kernel size must be odd and <= 31, got ", k);
+  const DwShape s = check_dw_geometry(op, x, weight, stride, padding);
   TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
                    weight.scalar_type(), " does not match x dtype ", x.scalar_type());
   TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(),
                     " but x is on ", x.device());
-  check_channel_vector(bias, x, C, op, "bias");
-  TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
-  TORCH_CHECK_VALUE(padding.size() == 4, op,
-                    ": padding must be (left, right, top, bottom), got ", padding);
-  for (const int64_t p : padding) {
-    TORCH_CHECK_VALUE(p >= 0 && p < k, op, ": each padding must be in [0, k-1], got ", padding);
-  }
-  DwShape s;
-  s.N = x.size(0);
-  s.C = C;
-  s.H = x.size(2);
-  s.W = x.size(3);
-  s.k = static_cast<int>(k);
-  s.stride = static_cast<int>(stride);
-  s.pad_left = static_cast<int>(padding[0]);
-  s.pad_top = static_cast<int>(padding[2]);
-  s.Ho = (s.H + padding[2] + padding[3] - k) / stride + 1;
-  s.Wo = (s.W + padding[0] + padding[1] - k) / stride + 1;
-  TORCH_CHECK_VALUE(s.H + padding[2] + padding[3] >= k && s.W + padding[0] + padding[1] >= k, op,
-                    ": padded input is smaller than the ", k, "x", k, " kernel");
+  check_channel_vector(bias, x, s.C, op, "bias");
   return s;
 }
 

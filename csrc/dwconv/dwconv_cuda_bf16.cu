@@ -2,6 +2,6 @@
 #include "dwconv_cuda.cuh"
 
 namespace effnet {
-template void launch_dwconv<c10::BFloat16>(const DwPlan&, Act, const c10::BFloat16*, const c10::BFloat16*, const c10::BFloat16*, c10::BFloat16*, float*,
-                                cudaStream_t);
+template void launch_dwconv<c10::BFloat16>(const DwPlan&, Act, const DwArgs<c10::BFloat16>&,
+                                   cudaStream_t);
 }  // namespace effnet

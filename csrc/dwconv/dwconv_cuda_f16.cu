@@ -2,6 +2,5 @@
 #include "dwconv_cuda.cuh"
 
 namespace effnet {
-template void launch_dwconv<c10::Half>(const DwPlan&, Act, const c10::Half*, const c10::Half*, const c10::Half*, c10::Half*, float*,
-                                cudaStream_t);
+template void launch_dwconv<c10::Half>(const DwPlan&, Act, const DwArgs<c10::Half>&, cudaStream_t);
 }  // namespace effnet

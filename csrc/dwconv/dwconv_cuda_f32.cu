@@ -2,6 +2,5 @@
 #include "dwconv_cuda.cuh"
 
 namespace effnet {
-template void launch_dwconv<float>(const DwPlan&, Act, const float*, const float*, const float*, float*, float*,
-                                cudaStream_t);
+template void launch_dwconv<float>(const DwPlan&, Act, const DwArgs<float>&, cudaStream_t);
 }  // namespace effnet

@@ -27,12 +27,12 @@
 #include <tuple>
 
 #include "../common/act.h"
+#include "../common/dw_geometry.h"
 
 namespace effnet {
 
-struct QDwShape {
-  int64_t N, C, H, W, Ho, Wo;
-  int k, stride, pad_left, pad_top;
+// The geometry (dw_geometry.h) and the quantisation scalars.
+struct QDwShape : DwShape {
   int in_zp, out_zp;
   float out_inv_scale;
 };
@@ -49,14 +49,10 @@ inline QDwShape check_dwconv_int8_args(const at::Tensor& x, const at::Tensor& we
   TORCH_CHECK_VALUE(x.is_contiguous(at::MemoryFormat::ChannelsLast), op,
                     ": x must be channels_last contiguous (use "
                     "x.contiguous(memory_format=torch.channels_last))");
-  const int64_t C = x.size(1);
-  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 &&
-                        weight.size(2) == weight.size(3),
-                    op, ": weight must have shape (", C, ", 1, k, k), got ", weight.sizes());
+  const DwShape g = check_dw_geometry(op, x, weight, stride, padding);
+  const int64_t C = g.C;
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar, op, ": weight must be int8, got ",
                    weight.scalar_type());
-  const int64_t k = weight.size(2);
-  TORCH_CHECK_VALUE(k % 2 == 1 && k <= 31, op, ": kernel size must be odd and <= 31, got ", k);
   const auto check_vector = [&](const at::Tensor& v, const char* name) {
     TORCH_CHECK_VALUE(v.dim() == 1 && v.size(0) == C, op, ": ", name, " must have shape (", C,
                       ",), got ", v.sizes());
@@ -72,13 +68,6 @@ inline QDwShape check_dwconv_int8_args(const at::Tensor& x, const at::Tensor& we
   check_device(weight, "weight");
   check_device(scale, "scale");
   check_device(bias, "bias");
-  TORCH_CHECK_VALUE(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
-  TORCH_CHECK_VALUE(padding.size() == 4, op,
-                    ": padding must be (left, right, top, bottom), got ", padding);
-  for (const int64_t p : padding) {
-    TORCH_CHECK_VALUE(p >= 0 && p < k, op, ": each padding must be in [0, k-1] = [0, ", k - 1,
-                      "], got ", padding);
-  }
   TORCH_CHECK_VALUE(in_zp >= -128 && in_zp <= 127, op, ": in_zp must be in [-128, 127], got ",
                     in_zp);
   TORCH_CHECK_VALUE(out_zp >= -128 && out_zp <= 127, op, ": out_zp must be in [-128, 127], got ",
@@ -86,21 +75,8 @@ inline QDwShape check_dwconv_int8_args(const at::Tensor& x, const at::Tensor& we
   const float inv_f = static_cast<float>(out_inv_scale);
   TORCH_CHECK_VALUE(std::isfinite(inv_f) && inv_f > 0.0f, op,
                     ": out_inv_scale must be > 0 and finite in float32, got ", out_inv_scale);
-  const int64_t hp = x.size(2) + padding[2] + padding[3];
-  const int64_t wp = x.size(3) + padding[0] + padding[1];
-  TORCH_CHECK_VALUE(hp >= k && wp >= k, op, ": padded input (", hp, "x", wp,
-                    ") is smaller than the ", k, "x", k, " kernel (output would be empty)");
   QDwShape s;
-  s.N = x.size(0);
-  s.C = C;
-  s.H = x.size(2);
-  s.W = x.size(3);
-  s.k = static_cast<int>(k);
-  s.stride = static_cast<int>(stride);
-  s.pad_left = static_cast<int>(padding[0]);
-  s.pad_top = static_cast<int>(padding[2]);
-  s.Ho = (hp - k) / stride + 1;
-  s.Wo = (wp - k) / stride + 1;
+  static_cast<DwShape&>(s) = g;
   s.in_zp = static_cast<int>(in_zp);
   s.out_zp = static_cast<int>(out_zp);
   s.out_inv_scale = inv_f;

@@ -14,7 +14,8 @@
 //   VEC 16: k3 s1 (TW 2) 108-116, k3 s2 (TW 3) 128, k5 s1 (TW 3) 126-128, k5 s2 (TW 2) 120-122;
 //   VEC 8 (TW 4): 104-115; generic: 80.
 //
-// Status: compiles in CI; NOT YET RUN ON A GPU (tests: tests/test_quant_cuda.py -m cuda).
+// Status: compiles in CI; NOT YET RUN ON A GPU (tests: tests/test_quant_cuda.py -m cuda). The
+// kernel body is emulated on the CPU by tests/test_cuda_emulation.py.
 #pragma once
 
 #include "../common/cuda_utils.cuh"
@@ -56,21 +57,9 @@ void launch_kernel(const Plan& p, const Args& a, cudaStream_t stream) {
 // All (stride, vec, act) variants of one fast kernel size; defined in dwconv_int8_cuda_k<K>.cu.
 template <int K>
 void launch_fast(const Plan& p, Act act, const Args& a, cudaStream_t stream) {
-  dispatch_act(act, [&](auto act_c) {
-    constexpr Act A = decltype(act_c)::value;
-    if (p.vec == 16) {
-      if (p.s.stride == 1) {
-        launch_kernel<K, 1, 16, A>(p, a, stream);
-      } else {
-        launch_kernel<K, 2, 16, A>(p, a, stream);
-      }
-    } else {
-      if (p.s.stride == 1) {
-        launch_kernel<K, 1, 8, A>(p, a, stream);
-      } else {
-        launch_kernel<K, 2, 8, A>(p, a, stream);
-      }
-    }
+  dispatch_fast<K>(p, act, [&](auto cfg) {
+    using C = decltype(cfg);
+    launch_kernel<C::K, C::S, C::VEC, C::A>(p, a, stream);
   });
 }
 

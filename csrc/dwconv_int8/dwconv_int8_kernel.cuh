@@ -38,6 +38,9 @@
 //
 // Generic path (K = 0): any odd k, any C, any alignment: VEC = 1, TW = 1, runtime k and stride,
 // weights/scale/bias through the read-only cache, out-of-image taps skipped.
+//
+// Status: compiles in CI; NOT YET RUN ON A GPU. This body is emulated on the CPU by
+// tests/test_cuda_emulation.py.
 #pragma once
 
 #include <vector_types.h>  // int2, int4, float4
@@ -48,6 +51,7 @@
 #include <cstring>
 
 #include "../common/act.h"
+#include "../common/cuda_kernel.h"
 #include "dwconv_int8.h"
 
 namespace effnet::qdw {
@@ -62,19 +66,15 @@ struct Plan {
   float pool_scale;       // 1/(Ho*Wo) when bands == 1 (pool written directly), else 1
 };
 
-inline bool aligned_to(const void* p, size_t bytes) {
-  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
-}
-
 // The launch plan. `vec_cap` (16 normally) lets a test force the narrower paths.
 inline Plan make_plan(const QDwShape& s, const void* x, const void* y, int sm_count,
                       int vec_cap = 16) {
   Plan p{};
   p.s = s;
   const bool fast_k = s.k == 3 || s.k == 5;
-  if (fast_k && vec_cap >= 16 && s.C % 16 == 0 && aligned_to(x, 16) && aligned_to(y, 16)) {
+  if (fast_k && vec_cap >= 16 && s.C % 16 == 0 && is_aligned(x, 16) && is_aligned(y, 16)) {
     p.vec = 16;
-  } else if (fast_k && vec_cap >= 8 && s.C % 8 == 0 && aligned_to(x, 8) && aligned_to(y, 8)) {
+  } else if (fast_k && vec_cap >= 8 && s.C % 8 == 0 && is_aligned(x, 8) && is_aligned(y, 8)) {
     p.vec = 8;
   } else {
     p.vec = 1;
@@ -107,7 +107,7 @@ inline int64_t smem_words(const Plan& p, bool pool) {
   return fast + (pool ? p.RW * ctv : 0);
 }
 
-// ---- float / int helpers: the device intrinsic, or its exact host twin -----------------------
+// ---- float / int helpers: the device intrinsic, or its exact host twin (ldg: cuda_kernel.h) ---
 
 C10_HOST_DEVICE C10_ALWAYS_INLINE float as_float(int32_t i) {
 #if defined(__CUDA_ARCH__)
@@ -172,15 +172,6 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE float int_to_float(int32_t i) {
   return __int2float_rn(i);
 #else
   return static_cast<float>(i);
-#endif
-}
-
-template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE T ldg(const T* p) {
-#if defined(__CUDA_ARCH__)
-  return __ldg(p);
-#else
-  return *p;
 #endif
 }
 
@@ -636,5 +627,40 @@ struct Block {
     }
   }
 };
+
+// One compile-time variant of the kernel.
+template <int K_, int S_, int VEC_, Act A_>
+struct Cfg {
+  static constexpr int K = K_, S = S_, VEC = VEC_;
+  static constexpr Act A = A_;
+};
+
+// Calls f(Cfg<K, S, VEC, A>{}) for the fast-path variant of kernel size K that plan p (vec 16
+// or 8, stride) and `act` select.
+template <int K, typename F>
+void dispatch_fast(const Plan& p, Act act, F&& f) {
+  dispatch_act(act, [&](auto act_c) {
+    constexpr Act A = decltype(act_c)::value;
+    if (p.vec == 16) {
+      if (p.s.stride == 1) {
+        f(Cfg<K, 1, 16, A>{});
+      } else {
+        f(Cfg<K, 2, 16, A>{});
+      }
+    } else {
+      if (p.s.stride == 1) {
+        f(Cfg<K, 1, 8, A>{});
+      } else {
+        f(Cfg<K, 2, 8, A>{});
+      }
+    }
+  });
+}
+
+// Calls f(Cfg<0, 0, 1, A>{}) (the generic path) for `act`.
+template <typename F>
+void dispatch_generic(Act act, F&& f) {
+  dispatch_act(act, [&](auto act_c) { f(Cfg<0, 0, 1, decltype(act_c)::value>{}); });
+}
 
 }  // namespace effnet::qdw
