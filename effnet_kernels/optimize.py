@@ -24,7 +24,7 @@ A B0 block with expansion and SE is 4 kernels (eager PyTorch: ~14); stage-1 bloc
 are 3; Lite blocks (no SE) 3, and 2 in stage 1. All activations stay channels_last; nothing is
 materialised between the fused ops (the SE-scaled tensor and the head activation map never are).
 
-Backends (DESIGN.md §2), resolved once at construction, per op (``f.backends``):
+Backends (docs/ARCHITECTURE.md, "The registry"), resolved once at construction, per op (``f.backends``):
 
 * ``"auto"``: per op, the best available on the weights' device (cuda → triton → torch on a
   GPU, cpu → torch on the CPU; ``pointwise_conv`` has no CUDA kernel, so on a GPU it is Triton).

@@ -60,7 +60,7 @@ def poison():
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """‖out − ref‖ / ‖ref‖ in float64 (DESIGN.md §4)."""
+    """‖out − ref‖ / ‖ref‖ in float64 (docs/ARCHITECTURE.md, "Numerics")."""
     out, ref = out.double(), ref.double()
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 

@@ -1,4 +1,4 @@
-"""effnet::bias_act on every backend against reference.py in float64 (DESIGN.md §4)."""
+"""effnet::bias_act on every backend against reference.py in float64 (docs/ARCHITECTURE.md, "Numerics")."""
 
 import pytest
 import torch

@@ -1,7 +1,7 @@
 """The C++ CPU kernels of the INT8 ops (csrc/dwconv_int8/dwconv_int8_cpu.cpp,
 csrc/pointwise_int8/pointwise_int8_cpu.cpp, csrc/quantize/quantize_cpu.cpp), called through the
 dispatcher (torch.ops.effnet.*), against the exact integer oracle (effnet_kernels.reference,
-"INT8") on the odd shapes of DESIGN.md §4, outputs poisoned.
+"INT8") on the odd shapes of docs/ARCHITECTURE.md, "Numerics", outputs poisoned.
 
 Contract: y bit-exact for relu / relu6 / identity; with SiLU within 1 LSB, rarely (PyTorch's
 F.silu uses its own vectorised exp; the kernels a Cephes exp, as the CUDA int8 kernel); pools

@@ -29,7 +29,7 @@ from effnet_kernels.optimize import FusedEfficientNet, FusedMBConv, op_backends
 HAS_C = ops.extension_available()
 needs_c = pytest.mark.skipif(not HAS_C, reason="effnet_kernels._C (the CPU kernels) not built")
 BEST_CPU = "cpu" if HAS_C else "torch"
-FP32_TOL = 1e-5  # DESIGN.md §4 model equivalence (the issue asks for 1e-4)
+FP32_TOL = 1e-5  # docs/ARCHITECTURE.md, "Numerics" model equivalence (the issue asks for 1e-4)
 
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:
@@ -251,7 +251,7 @@ def test_triton_backend_whole_b0_interpreted():
 @needs_c
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_cpu_backend(dtype):
-    """bf16/fp16 on the cpu backend. Tolerance (DESIGN.md §4): at most 2 × the error of the
+    """bf16/fp16 on the cpu backend. Tolerance (docs/ARCHITECTURE.md, "Numerics"): at most 2 × the error of the
     same model run by eager PyTorch in that dtype, against a float64 oracle (measured on B0 at
     2×3×67×53: bf16 ours 2.8e-3 vs eager 3.1e-3, fp16 3.4e-4 vs 3.6e-4); and never NaN."""
     m = make_ek("efficientnet_b0", seed=5)

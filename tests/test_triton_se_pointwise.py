@@ -102,7 +102,7 @@ def make_pw(N, Cin, Cout, H, W, gate=False, res=False, dtype=torch.float32, seed
 
 
 def eager_lowp(x, w, b, act, gate, res, pool_only):
-    """PyTorch's own eager ops in x's dtype: the fp16/bf16 yardstick of DESIGN.md §4."""
+    """PyTorch's own eager ops in x's dtype: the fp16/bf16 yardstick of docs/ARCHITECTURE.md, "Numerics"."""
     xs = x * gate[:, :, None, None].to(x.dtype) if gate is not None else x
     v = F.conv2d(xs, w.reshape(w.shape[0], -1, 1, 1), b)
     v = {"silu": F.silu, "relu6": F.relu6, "relu": F.relu, "identity": lambda t: t}[act](v)
