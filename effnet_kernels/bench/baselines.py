@@ -4,7 +4,9 @@ A builder takes a :class:`BuildContext` (the model with its weights, batch, dtyp
 threads, and a cache of what was already built for this model) and returns a :class:`Runner`:
 a callable, its input, how many warm-up calls it needs, and an optional note. A backend that
 cannot run here raises :class:`Unavailable` with the reason (a missing package, a dtype it
-lacks); the run lists it as not available, not failed.
+lacks); the run lists it as not available, not failed. The optional packages (torchvision,
+onnxruntime, openvino) are imported by the builders that use them, so that a missing one
+disables only its rows.
 
 GPU  ``eager_fp32_nchw`` torchvision (or the equivalent ek model) as users run it;
      ``eager_cudnn_<dtype>_cl`` channels_last, cudnn.benchmark, BN folded (the "cuDNN FP16"
@@ -22,7 +24,9 @@ INT8 ``ours_*`` = ``ek.quantize(ek.optimize(model, backend=b), [one N(0,1) batch
 from __future__ import annotations
 
 import copy
+import io
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -191,9 +195,6 @@ def _onnx_model(ctx: BuildContext) -> bytes:
     """The fp32 ONNX export of ``base`` (batch dimension dynamic), once per model."""
 
     def export():
-        import io
-        import warnings
-
         buf = io.BytesIO()
         m = copy.deepcopy(ctx.base).float().cpu().eval()
         x = torch.randn(1, 3, ctx.resolution, ctx.resolution)

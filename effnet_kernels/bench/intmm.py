@@ -62,7 +62,7 @@ def set_inplace_act(model: nn.Module) -> nn.Module:
 
 
 def fold_model_bn(model: nn.Module) -> nn.Module:
-    """A copy of an ek EfficientNet with every ConvBNAct's BN folded into its conv (BN → Identity)."""
+    """A copy of an ek EfficientNet, every ConvBNAct's BN folded into its conv (BN → Identity)."""
     m = copy.deepcopy(model).eval()
     for mod in m.modules():
         if isinstance(mod, ConvBNAct) and isinstance(mod.bn, nn.BatchNorm2d):

@@ -1,9 +1,9 @@
 """The measurement loop of ``python -m effnet_kernels bench``: interleaved rounds.
 
 For each (model, batch, dtype) every runner is built first (:mod:`.baselines`), called once
-(compilation, autotuning: ``build_s``) and warmed up; the warm-up calls also size its *burst*
-(calls per round: ``--min-time`` seconds and ``--min-reps`` calls spread over the rounds). Then
-``--rounds`` rounds run, and in each round every runner is timed once, one burst
+(compilation, autotuning: ``build_s``) and warmed up (its builder's warm-up calls; on the CPU
+at most two), the warm-up calls also sizing its *burst* (calls per round: ``--min-time``
+seconds and ``--min-reps`` calls spread over the rounds). Then ``--rounds`` rounds run, and in each round every runner is timed once, one burst
 (:func:`.timing.burst_ms`), the starting runner rotating from round to round; so a machine that
 gets busier or hotter during the run slows every runner alike. A row's ``ms_per_batch`` is the
 median over its rounds; ``round_ms`` keeps every round's value. GPU: ``peak_mem_mb`` is the peak
@@ -35,6 +35,7 @@ from .timing import MiB, burst_ms, copy_bandwidth_gbps
 __all__ = ["Job", "Settings", "interleave", "plan_jobs", "run"]
 
 MAX_CALLS_PER_ROUND = 200
+CPU_MAX_WARMUP = 2  # CPU runners need no autotuning: two warm-up calls after the first
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ def _prepare(job: Job, ctx: BuildContext, s: Settings) -> _Entry:
         runner.fn(runner.x)  # first call: compiles / autotunes; not timed
         build_s = time.perf_counter() - t0
         note = runner.note(runner.fn) if callable(runner.note) else runner.note
-        warm = [burst_ms(runner.fn, runner.x, 1, ctx.device) for _ in range(max(1, runner.warmup))]
+        n_warm = max(1, runner.warmup if cuda else min(CPU_MAX_WARMUP, runner.warmup))
+        warm = [burst_ms(runner.fn, runner.x, 1, ctx.device) for _ in range(n_warm)]
     peak = (torch.cuda.max_memory_allocated(ctx.device) - before) / MiB if cuda else None
     return _Entry(job, runner, _calls_per_round(statistics.median(warm[-3:]), s),
                   round(build_s, 3), note, peak)

@@ -97,7 +97,8 @@ def _block_shape(stage: int, index: int, blk: MBConv, h: int, w: int) -> BlockSh
                       h, w, ho, wo)
 
 
-def model_shapes(model: str, resolution: int | None = None, num_classes: int = 1000) -> ModelShapes:
+def model_shapes(model: str, resolution: int | None = None,
+                 num_classes: int = 1000) -> ModelShapes:
     """Every layer shape of ``model`` (an ek model name) at ``resolution`` (default: its own)."""
     m = _meta_model(model, num_classes)
     res = int(resolution or CONFIGS[model].resolution)
