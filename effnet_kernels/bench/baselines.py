@@ -321,8 +321,7 @@ def _ours_builder(backend: str) -> Callable[[BuildContext], Runner]:
     return build
 
 
-for _b in ("cpu", "cuda", "triton", "torch"):
-    BUILDERS[f"ours_{_b}"] = _ours_builder(_b)
+BUILDERS.update({f"ours_{b}": _ours_builder(b) for b in ("cpu", "cuda", "triton", "torch")})
 
 
 # ---------------------------------------------------------------------------- names, policy
