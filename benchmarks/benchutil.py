@@ -33,6 +33,8 @@ import os
 import pytest
 import torch
 
+from effnet_kernels.bench.timing import copy_bandwidth_gbps, cuda_event_clock
+
 HAS_GPU = torch.cuda.is_available()
 
 
@@ -86,8 +88,6 @@ COPY_GBPS: dict[str, float] = {}  # device type -> GB/s measured in this session
 
 def copy_gbps(device_type: str) -> float:
     """Copy bandwidth of the device (GB/s, read + write), measured once per session."""
-    from effnet_kernels.bench import copy_bandwidth_gbps
-
     if device_type not in COPY_GBPS:
         COPY_GBPS[device_type] = copy_bandwidth_gbps(device_type)
     return COPY_GBPS[device_type]
@@ -121,8 +121,6 @@ def measure(benchmark, fn, inputs: list[tuple], *, device: torch.device, nbytes:
             flush_l2: bool = True, gpu_rounds: int | None = None) -> float | None:
     """Time ``fn(*inputs[i])`` with ``benchmark.pedantic`` (see the module docstring) and record
     bytes, FLOPs, GB/s and % of copy bandwidth in ``benchmark.extra_info``."""
-    from effnet_kernels.bench import cuda_event_clock
-
     cuda = device.type == "cuda"
     n_rounds, n_warm = rounds(device.type, gpu_rounds)
     nxt = itertools.cycle(range(len(inputs)))

@@ -3,7 +3,7 @@
   info   how the compiled core was built, the devices, and the backends each can use
   demo   classify images with the real pretrained EfficientNet-Lite0 weights (top-5 + timing;
          --int8 adds the INT8 model's top-1)
-  bench  benchmark whole models against the baselines (effnet_kernels/bench.py)
+  bench  benchmark whole models against the baselines (effnet_kernels/bench/)
 """
 
 from __future__ import annotations
@@ -150,9 +150,9 @@ def main(argv=None) -> int:
     pd.add_argument("--int8", action="store_true",
                     help="also run the INT8 model (ek.quantize, calibrated on other pictures)")
     pd.set_defaults(fn=cmd_demo)
-    from effnet_kernels import bench
+    from effnet_kernels.bench.cli import add_parser as add_bench_parser
 
-    bench.add_parser(sub)
+    add_bench_parser(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -1,18 +1,26 @@
-"""The benchmark tooling: ``python -m effnet_kernels bench`` end to end on the CPU (tiny
-settings), roofline byte counts against hand computations, and the pytest-benchmark suite
-(collects, and one CPU case runs and records bytes/GB/s). Timings themselves are not tested."""
+"""The benchmark tooling (effnet_kernels/bench/): ``python -m effnet_kernels bench`` end to end
+on the CPU (tiny settings) with the ONNX Runtime and OpenVINO rows, interleaved rounds (fake
+runners and a fake clock), shapes and roofline byte counts against the model and hand
+computations, --load / --plot, flag errors, and the pytest-benchmark suite (collects, and one CPU
+case runs and records bytes/GB/s). Timings themselves are not tested."""
 
+import argparse
 import dataclasses
+import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import effnet_kernels as ek
 from effnet_kernels import bench
+from effnet_kernels.bench import baselines, cli, intmm, runner, timing
+from effnet_kernels.models.efficientnet import CONFIGS, ConvBNAct, EfficientNet
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG_PARENT = str(Path(ek.__file__).resolve().parents[1])  # the effnet_kernels this test imports
@@ -87,52 +95,132 @@ def test_model_traffic_matches_published_anchors():
     assert floor == pytest.approx((4 * t["act_bytes_kernel"] + t["weight_bytes"]) / 1e9)
 
 
+def _folded_params(m) -> int:
+    """Parameters of a model with every BN folded into its conv: each BN's weight and bias
+    (2·C) become the conv's bias (C)."""
+    bn = sum(mod.bn.num_features for mod in m.modules() if isinstance(mod, ConvBNAct))
+    return sum(p.numel() for p in m.parameters()) - bn
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_shapes_and_parameter_count_match_the_model(name):
+    """Every model of CONFIGS: the folded parameter count of the roofline equals the model's,
+    and the block list matches the model's MBConv modules."""
+    with torch.device("meta"):
+        m = EfficientNet(name)
+    t = bench.model_traffic(name)
+    assert t["params_folded"] == _folded_params(m)
+    ms = bench.model_shapes(name)
+    mbconvs = [b for stage in m.blocks for b in stage]
+    assert len(ms.blocks) == len(mbconvs)
+    for b, mod in zip(ms.blocks, mbconvs):
+        assert (b.in_ch, b.out_ch, b.kernel, b.stride, b.residual) == (
+            mod.in_ch, mod.out_ch, mod.kernel, mod.stride, mod.use_residual)
+        assert b.mid_ch == mod.dw.conv.out_channels
+        assert b.se_ch == (mod.se.fc1.out_channels if mod.se is not None else 0)
+    assert (ms.stem_ch, ms.head_ch) == (m.stem.conv.out_channels, m.head.conv.out_channels)
+
+
+def test_spatial_sizes_match_a_forward():
+    """The H×W of every block and of the head, at an odd size, as a real forward produces them."""
+    m = ek.efficientnet_lite0().eval()
+    seen = []
+    hooks = [b.register_forward_hook(lambda _m, a, o: seen.append((a[0].shape[-1], o.shape[-1])))
+             for stage in m.blocks for b in stage]
+    with torch.no_grad():
+        feats = m.forward_features(torch.randn(1, 3, 67, 67))
+    for h in hooks:
+        h.remove()
+    ms = bench.model_shapes("efficientnet_lite0", 67)
+    assert [(b.w, b.wo) for b in ms.blocks] == seen
+    assert ms.head_hw == tuple(feats.shape[-2:])
+    assert all(b.se_ch == 0 for b in ms.blocks)  # Lite: no SE
+
+
 # ----------------------------------------------------------------------------- the CLI
-def test_cli_bench_end_to_end(tmp_path):
+TINY = ["--device", "cpu", "--models", "b0", "--resolution", "32", "--min-time", "0.02",
+        "--min-reps", "1", "--threads", "1", "--copy-bytes", str(8 << 20)]
+
+
+def _bench_cli(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "effnet_kernels", "bench", *args],
+                          capture_output=True, text=True, timeout=timeout, env=_env(),
+                          check=False)
+
+
+def test_cli_bench_end_to_end_with_the_cpu_peers(tmp_path):
+    """Tiny CPU run: eager, ONNX Runtime, OpenVINO and ours at fp32 and bf16, 3 rounds."""
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    cmd = [sys.executable, "-m", "effnet_kernels", "bench", "--device", "cpu", "--models", "b0",
-           "--resolution", "64", "--batch", "1,2", "--dtype", "fp32", "--backends",
-           "eager,ours_cpu", "--min-time", "0.05", "--min-reps", "2", "--threads", "1",
-           "--copy-bytes", str(8 << 20), "--json", str(out)]
+    cmd = [*TINY, "--batch", "1,2", "--dtype", "fp32,bf16", "--rounds", "3", "--backends",
+           "eager,onnxruntime,openvino,ours_cpu", "--json", str(out)]
     if _has("matplotlib"):
         cmd += ["--plot", str(png)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path,
-                       env=_env(), check=False)
+    r = _bench_cli(*cmd)
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(out.read_text())
     for key in ("device", "commit", "torch", "cuda", "triton", "date", "results", "roofline",
-                "copy_gbps"):
+                "copy_gbps", "onnxruntime", "openvino", "rounds"):
         assert key in doc, key
-    assert doc["device"].startswith("CPU")
-    assert doc["copy_gbps"] > 0
-    eager = [x for x in doc["results"] if x["backend"] == "eager"]
-    assert sorted(x["batch"] for x in eager) == [1, 2]
+    assert doc["device"].startswith("CPU") and doc["copy_gbps"] > 0 and doc["threads"] == 1
+    rows = {(x["backend"], x["dtype"], x["batch"]): x for x in doc["results"]}
     for x in doc["results"]:
-        assert set(x) >= {"model", "resolution", "batch", "dtype", "backend", "img_per_s",
-                          "ms_per_batch", "peak_mem_mb"}
-        assert (x["model"], x["resolution"], x["dtype"]) == ("efficientnet_b0", 64, "fp32")
-        assert x["img_per_s"] > 0 and x["ms_per_batch"] > 0
+        assert (x["model"], x["resolution"]) == ("efficientnet_b0", 32)
         assert x["img_per_s"] * x["ms_per_batch"] == pytest.approx(1000 * x["batch"])
+        assert len(x["round_ms"]) == x["rounds"] == 3  # every raw round kept
+        assert x["ms_per_batch"] == statistics.median(x["round_ms"])
+        assert x["reps"] == 3 * x["calls_per_round"]
         assert 0 < x["pct_of_floor_block"] < x["pct_of_floor_kernel"]  # the block floor is lower
-    ours = [x for x in doc["results"] if x["backend"] == "ours_cpu"]
-    if not hasattr(ek, "optimize"):  # until the fused model exists it is reported, not run
-        assert not ours
-        assert any(s["backend"] == "ours_cpu" and "optimize" in s["reason"]
-                   for s in doc["skipped"])
-        assert "not available: ours_cpu" in r.stdout
-    else:
-        assert len(ours) == 2
-    (roof,) = doc["roofline"]
-    t = bench.model_traffic("efficientnet_b0", 64, 4)
+    for b in (1, 2):
+        for name, dt in (("eager", "fp32"), ("ours_cpu", "fp32"), ("eager", "bf16"),
+                         ("ours_cpu", "bf16")):
+            assert (name, dt, b) in rows, (name, dt, b)
+    skipped = {(s["backend"], s["dtype"]): s["reason"] for s in doc["skipped"]}
+    for name, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+        if _has(module):  # measured, with the threads and settings it ran with
+            assert (name, "fp32", 2) in rows
+            assert "=1" in rows[(name, "fp32", 2)]["note"]  # the threads: 1
+        else:
+            assert "not installed" in skipped[(name, "fp32")]
+    assert "fp32 only" in skipped[("onnxruntime", "bf16")]
+    if _has("openvino"):
+        assert "INFERENCE_PRECISION_HINT=f32" in rows[("openvino", "fp32", 1)]["note"]
+        assert "INFERENCE_PRECISION_HINT=bf16" in rows[("openvino", "bf16", 1)]["note"]
+        assert "PERFORMANCE_HINT=LATENCY" in rows[("openvino", "bf16", 1)]["note"]
+        assert "INFERENCE_NUM_THREADS=1" in rows[("openvino", "fp32", 1)]["note"]
+    if _has("onnxruntime"):
+        assert "intra_op_num_threads=1" in rows[("onnxruntime", "fp32", 1)]["note"]
+    assert {x["dtype"] for x in doc["roofline"]} == {"fp32", "bf16"}
+    t = bench.model_traffic("efficientnet_b0", 32, 4)
+    (roof,) = [x for x in doc["roofline"] if x["dtype"] == "fp32"]
     assert roof["act_mb_per_img_kernel"] == pytest.approx(t["act_bytes_kernel"] / 1e6)
-    assert "img/s" in r.stdout and "roofline efficientnet_b0@64" in r.stdout
+    assert "img/s" in r.stdout and "roofline efficientnet_b0@32" in r.stdout
+    assert "interleaved rounds" in r.stdout
     if png.exists():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _has(mod):
-    import importlib.util
+def test_missing_peers_are_reported_not_installed(monkeypatch):
+    """Without onnxruntime / openvino their rows say "not installed" and the run goes on."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import → ImportError
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    args = _args("--backends", "onnxruntime,openvino,eager", "--batch", "1,2", "--dtype", "fp32")
+    doc = bench.run(args)
+    assert {x["backend"] for x in doc["results"]} == {"eager"}
+    skipped = [s for s in doc["skipped"] if s["backend"] in ("onnxruntime", "openvino")]
+    assert sorted(s["backend"] for s in skipped) == ["onnxruntime", "openvino"]  # once each
+    assert all("not installed" in s["reason"] for s in skipped)
+    assert doc["onnxruntime"] is None and doc["openvino"] is None
 
+
+def _args(*argv):
+    """Parsed bench flags with the defaults filled in (tiny CPU settings)."""
+    p = cli.configure_parser(argparse.ArgumentParser())
+    args = p.parse_args([*TINY, "--quiet", "--rounds", "2", "--dtype", "fp32", *argv])
+    cli.finish_args(args)
+    return args
+
+
+def _has(mod):
     return importlib.util.find_spec(mod) is not None
 
 
@@ -157,7 +245,7 @@ def test_plot_without_matplotlib_fails_clearly(tmp_path, monkeypatch):
 
 def test_progress_without_tqdm(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)
-    bar = bench._progress(2, quiet=False)
+    bar = runner._progress(2, quiet=False)
     bar.set_description_str("b0 eager")
     bar.update(1)
     bar.set_description_str("b0 compile")
@@ -212,7 +300,7 @@ def test_cuda_event_clock_units():
         def elapsed_time(self, end):  # torch.cuda.Event: milliseconds from self to end
             return end.ms - self.ms
 
-    start, end = bench._EventStamp(FakeEvent(1.0)), bench._EventStamp(FakeEvent(3.5))
+    start, end = timing._EventStamp(FakeEvent(1.0)), timing._EventStamp(FakeEvent(3.5))
     assert end - start == pytest.approx(2.5e-3)
     assert end.event.synced
 
@@ -221,10 +309,10 @@ def test_backend_names():
     assert bench.backend_name("eager_cudnn_cl", "fp16", False, "cuda") == "eager_cudnn_fp16_cl"
     assert bench.backend_name("compile", "fp16", True, "cuda") == "compile_default"
     assert bench.backend_name("compile", "fp16", False, "cuda") == "compile_max_autotune"
-    assert bench._parse_backends("eager_cudnn_fp16_cl,compile_default", "cuda", True) == \
+    assert bench.parse_backends("eager_cudnn_fp16_cl,compile_default", "cuda", True) == \
         ["eager_cudnn_cl", "compile"]
-    assert "compile" not in bench._parse_backends(None, "cpu", quick=True)
-    assert "compile" in bench._parse_backends(None, "cpu", quick=False)
+    assert "compile" not in bench.parse_backends(None, "cpu", quick=True)
+    assert "compile" in bench.parse_backends(None, "cpu", quick=False)
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -356,14 +444,14 @@ def test_int8_intmm_fallback_rules(monkeypatch):
     import torch
 
     conv = torch.nn.Conv2d(16, 24, 1)
-    mod = bench._intmm_conv_class()(conv)
-    monkeypatch.setitem(bench._INT_MM_OK, "cuda", True)
+    mod = intmm.IntMMConv1x1(conv)
+    monkeypatch.setitem(intmm._INT_MM_OK, "cuda", True)
     cuda = torch.device("cuda")
     assert mod._int_mm_ok(17, cuda) and not mod._int_mm_ok(16, cuda)  # cuBLASLt: M > 16
-    odd = bench._intmm_conv_class()(torch.nn.Conv2d(16, 20, 1))  # N not a multiple of 8
+    odd = intmm.IntMMConv1x1(torch.nn.Conv2d(16, 20, 1))  # N not a multiple of 8
     assert not odd._int_mm_ok(64, cuda)
     # no _int_mm on the device: the float conv, exactly
-    monkeypatch.setitem(bench._INT_MM_OK, "cpu", False)
+    monkeypatch.setitem(intmm._INT_MM_OK, "cpu", False)
     x = torch.randn(1, 16, 3, 3)
     with torch.no_grad():
         torch.testing.assert_close(mod(x), conv(x))
@@ -400,13 +488,157 @@ def test_int8_backend_names_and_ours_torch_policy():
     assert bench.backend_name("int8_intmm", "int8", False, "cuda") == "int8_intmm_cudnn_fp16"
     assert bench.backend_name("int8_intmm", "int8", True, "cpu") == "int8_intmm_fp32"
     assert bench.backend_name("ours_torch", "int8", True, "cpu") == "ours_torch_ref"
-    assert bench._parse_backends("int8_intmm_cudnn_fp16,ours_cuda", "cuda", False) == \
+    assert bench.parse_backends("int8_intmm_cudnn_fp16,ours_cuda", "cuda", False) == \
         ["int8_intmm", "ours_cuda"]
-    assert bench._parse_backends("ours_torch_ref,int8_intmm_fp32", "cpu", True) == \
+    assert bench.parse_backends("ours_torch_ref,int8_intmm_fp32", "cpu", True) == \
         ["ours_torch", "int8_intmm"]
-    assert {"ours_torch", "int8_intmm"} <= set(bench._parse_backends(None, "cpu", True))
+    assert {"ours_torch", "int8_intmm"} <= set(bench.parse_backends(None, "cpu", True))
     # the integer reference: by default up to 4 GMAC a batch (B0@224: batch 10, not 11)
     assert bench.ours_torch_skip_reason("efficientnet_b0", 224, 10) is None
     assert "ours_torch_ref in --backends" in bench.ours_torch_skip_reason("efficientnet_b0",
                                                                            224, 11)
     assert bench.ours_torch_skip_reason("efficientnet_b4", 380, 1) is not None
+
+
+# ----------------------------------------------------------------------------- interleaving
+class _FakeEntry:
+    def __init__(self, name):
+        self.name, self.round_ms, self.error = name, [], None
+
+
+def test_interleave_times_every_runner_once_per_round():
+    entries = [_FakeEntry(n) for n in "ABC"]
+    order = []
+
+    def burst(e):
+        order.append(e.name)
+        if e.name == "B" and len(e.round_ms) == 1:
+            raise RuntimeError("boom\nmore")  # B fails in its second round
+        return float(len(order))
+
+    runner.interleave(entries, 4, burst)
+    # round 0: A B C; round 1 starts at B (fails); later rounds without B
+    assert order == ["A", "B", "C", "B", "C", "A", "C", "A", "A", "C"]
+    a, b, c = entries
+    assert a.round_ms == [1.0, 6.0, 8.0, 9.0] and len(c.round_ms) == 4
+    assert b.round_ms == [2.0] and b.error == "RuntimeError: boom"
+
+
+def test_run_builds_every_runner_first_then_alternates(monkeypatch):
+    """Through ``bench.run`` with fake runners and a fake clock: all runners of a (model,
+    batch, dtype) are built before any round, each round times each runner once, and the
+    row is the median of its rounds (all kept)."""
+    log = []
+
+    def fake_builder(tag):
+        def build(ctx):
+            log.append(("build", tag, ctx.batch))
+            return bench.Runner(lambda x: log.append(("call", tag, ctx.batch)), ctx.x, 2)
+        return build
+
+    monkeypatch.setitem(bench.BUILDERS, "eager", fake_builder("eager"))
+    monkeypatch.setitem(bench.BUILDERS, "ours_cpu", fake_builder("ours"))
+    clock = iter(range(1, 10_000))
+
+    def fake_burst(fn, x, n, device):
+        for _ in range(n):
+            fn(x)
+        log.append(("burst",))
+        return float(next(clock))
+
+    monkeypatch.setattr(runner, "burst_ms", fake_burst)
+    doc = bench.run(_args("--backends", "eager,ours_cpu", "--batch", "1,2", "--rounds", "3"))
+    b1 = log[:log.index(("build", "eager", 2))]  # the batch-1 group
+    bursts, calls = [], []  # (position in the log, runners called in that burst)
+    for i, e in enumerate(b1):
+        if e[0] == "call":
+            calls.append(e[1])
+        elif e[0] == "burst":
+            bursts.append((i, set(calls)))
+            calls = []
+    last_build = max(i for i, e in enumerate(b1) if e[0] == "build")
+    assert [t for i, t in bursts if i < last_build] == [{"eager"}] * 2  # eager's 2 warm-ups
+    after = [t for i, t in bursts if i > last_build]
+    assert after[:2] == [{"ours"}] * 2  # ours' warm-ups, then the rounds, rotating
+    assert after[2:] == [{"eager"}, {"ours"}, {"ours"}, {"eager"}, {"eager"}, {"ours"}]
+    rows = {(r["backend"], r["batch"]): r for r in doc["results"]}
+    assert set(rows) == {("eager", 1), ("ours_cpu", 1), ("eager", 2), ("ours_cpu", 2)}
+    # fake clock: bursts 1-4 are warm-ups, then e5 o6 | o7 e8 | e9 o10
+    assert rows[("eager", 1)]["round_ms"] == [5.0, 8.0, 9.0]
+    assert rows[("ours_cpu", 1)]["round_ms"] == [6.0, 7.0, 10.0]
+    assert (rows[("eager", 1)]["ms_per_batch"], rows[("ours_cpu", 1)]["ms_per_batch"]) == (8, 7)
+    for r in rows.values():
+        assert r["reps"] == 3 * r["calls_per_round"]
+
+
+def test_calls_per_round_spread_time_and_reps():
+    s = runner.Settings(rounds=5, min_time=0.5, min_reps=20, quick=True)
+    assert runner._calls_per_round(10.0, s) == 10  # 0.5 s / 5 rounds / 10 ms
+    assert runner._calls_per_round(1000.0, s) == 4  # reps: 20 / 5
+    assert runner._calls_per_round(1e-9, s) == runner.MAX_CALLS_PER_ROUND
+
+
+# ----------------------------------------------------------------------------- flags, --load
+RESULTS = ROOT / "benchmarks" / "results" / "2026-11-28-cpu2-89b7164851-dirty.json"
+
+
+def test_load_prints_a_committed_result_and_plots(tmp_path, capsys):
+    png = tmp_path / "p.png"
+    argv = ["--load", str(RESULTS)] + (["--plot", str(png)] if _has("matplotlib") else [])
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(RESULTS.read_text())
+    assert "x eager" in out and len([ln for ln in out.splitlines() if ln.startswith("b0 ")]) == \
+        sum(r["model"] == "efficientnet_b0" for r in doc["results"])
+    assert "roofline efficientnet_b0@224" in out
+    if _has("matplotlib"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rounds", "0"], "must be ≥ 1"),
+    (["--batch", "1,x"], "expected a whole number"),
+    (["--min-time", "-1"], "finite number ≥ 0"),
+    (["--dtype", "fp8"], "dtype must be"),
+    (["--models", "efficientnet_b9"], "unknown model"),
+])
+def test_bad_flags_are_clear_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "meta"], "--device must be cuda or cpu"),
+    (["--device", "nonsense"], "--device"),
+    (["--device", "cpu", "--backends", "eager,tensorrt"], "unknown backend 'tensorrt'"),
+    (["--load", "/nonexistent/x.json"], "cannot read"),
+])
+def test_bad_values_are_clear_errors(argv, message):
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    assert message in str(e.value)
+
+
+def test_load_of_a_file_that_is_not_a_result(tmp_path):
+    f = tmp_path / "x.json"
+    f.write_text("[1, 2]")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--load", str(f)])
+    assert "not a bench result" in str(e.value)
+
+
+def test_quick_defaults_per_device(monkeypatch):
+    p = cli.configure_parser(argparse.ArgumentParser())
+    a = p.parse_args(["--device", "cpu", "--quick"])
+    cli.finish_args(a)
+    assert (a.models, a.batch, a.dtype) == (["efficientnet_b0", "efficientnet_lite0"], [1, 8],
+                                            ["fp32"])
+    assert "compile" not in bench.parse_backends(a.backends, "cpu", a.quick)
+    assert {"onnxruntime", "openvino"} <= set(bench.parse_backends(a.backends, "cpu", a.quick))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    g = p.parse_args(["--device", "cuda", "--quick"])
+    cli.finish_args(g)  # the GPU quick set as before
+    assert (g.models, g.batch, g.dtype) == (["efficientnet_b0", "efficientnet_b4"], [1, 256],
+                                            ["fp16"])
