@@ -394,6 +394,18 @@ def main(argv=None) -> int:
         knobs.nvidia.dump_ptxas_log = True
         t0 = time.time()
         rows = run(todo, a.jobs, lambda r: print(fmt(r), flush=True))
+    print(f"\n{'kernel':<9} {'compiles':>8} {'FAIL':>5} {'max regs':>8} {'spilling':>8} "
+          f"{'max spill B':>11} {'max smem B':>10}")
+    for k in selected:
+        mine = [r for r in rows if r["kernel"] == k.name]
+        ok = [r for r in mine if r["status"] == "OK"]
+        if not mine:
+            continue
+        print(f"{k.name:<9} {len(mine):>8} {len(mine) - len(ok):>5} "
+              f"{max((r['regs'] for r in ok), default=0):>8} "
+              f"{sum(1 for r in ok if r['spill_stores']):>8} "
+              f"{max((r['spill_stores'] for r in ok), default=0):>11} "
+              f"{max((r['shared'] for r in ok), default=0):>10}")
     failed = [r for r in rows if r["status"] != "OK"]
     spilled = [r for r in rows if r.get("spill_stores")]
     warned = [r for r in rows if r.get("warning")]
