@@ -41,7 +41,10 @@ cent of y for the default tiles) and the 4·N·C pool. Halo re-reads across tile
 FLOPs: 2·k²·N·C·Ho·Wo.
 
 Status: tested only under the Triton interpreter on the CPU (TRITON_INTERPRET=1), not yet on a
-GPU; the GPU configs below are untuned guesses.
+GPU; every config compiles for sm_90a with Triton 3.6 and 3.8 (benchmarks/triton_aot.py). Some
+spill: fp16 small tiles (ptxas stops at 80-96 registers), and under Triton 3.8 several fp32
+k = 5 tiles (ptxas allots 32 registers and spills ~3-5 KB). The GPU configs below are untuned
+guesses.
 """
 
 from __future__ import annotations

@@ -55,9 +55,11 @@ Bytes moved: M·Cin (x) + Cout·Cin (w) + M·Cout (y; or the residual too: 2·M�
 2·M·Cin·Cout (+ M·Cin with the gate).
 
 Status: tested only under the Triton interpreter on the CPU (TRITON_INTERPRET=1), not yet on a
-GPU; every GPU config (fp16 with and without pool, fp32) compiles for sm_90 with Triton 3.6 and
-3.8 through ptxas (fp16 lowers to wgmma, fp32 to FMAs, no TF32); the GPU configs below are
-untuned guesses.
+GPU; every GPU config compiles for sm_90a with Triton 3.6 and 3.8 through ptxas
+(benchmarks/triton_aot.py: registers, spills, shared memory per config; fp16 lowers to wgmma,
+fp32 to FMAs, no TF32). In fp32 the 128×64×64 s4 and 128×256×64 s3 configs need more shared
+memory than sm_90 has (the autotuner skips them there) and the largest fp32 tiles spill. The
+GPU configs below are untuned guesses.
 """
 
 from __future__ import annotations

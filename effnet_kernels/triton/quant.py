@@ -21,12 +21,12 @@ with saturated operands (−128 · −128 summed over K), so no float32 workarou
 the bf16 case in pointwise.py).
 
 Status: tested only under the Triton interpreter on the CPU (TRITON_INTERPRET=1), not yet on a
-GPU. Without a GPU, every GPU config below was compiled for sm_90a with Triton 3.8 (triton.compile
-with an explicit GPUTarget, then the bundled ptxas -v): pointwise_int8 with gate + zero point +
-residual, y and pool_only; dwconv_int8 at k = 3 (s 1), 5 (s 2) and 9 (s 1); quantize. No config
-spills or exceeds an H100's shared memory (the largest pointwise config takes 188 KB: more than
-an A100 has, the autotuner skips it there), the PTX has no fma.f32 (only mul.rn / add.rn), and
-the pointwise dot lowers to wgmma (BLOCK_M ≥ 64 with ≥ 4 warps) or mma.sync s8. The configs
+GPU. Without a GPU, benchmarks/triton_aot.py compiles every config below for sm_90a with
+Triton 3.6 and 3.8 (pointwise_int8 with gate + zero point + residual, y and pool_only;
+dwconv_int8 at k = 3, 5 and 9, strides 1 and 2; quantize) and reports registers, spills and
+shared memory. The largest pointwise config takes 188 KB of shared memory (more than an A100
+has, the autotuner skips it there); the PTX has no fma.f32 (only mul.rn / add.rn), and the
+pointwise dot lowers to wgmma (BLOCK_M ≥ 64 with ≥ 4 warps) or mma.sync s8. The configs
 themselves are untuned guesses.
 """
 

@@ -29,8 +29,9 @@ S = 160, 1.2 M weights) one SM streams 2.4 MB (fp16) — splitting C across prog
 pass or recomputing FC1) would be the next step if that SE shows up in profiles.
 
 Status: tested only under the Triton interpreter on the CPU (TRITON_INTERPRET=1), not yet on a
-GPU; every GPU config compiles for sm_90 with Triton 3.6 and 3.8 through ptxas (no spills at
-S ≤ 160); the GPU configs below are untuned guesses.
+GPU; every GPU config compiles for sm_90a with Triton 3.6 and 3.8 through ptxas
+(benchmarks/triton_aot.py); at S = 160 in fp32 the 1×64 config (BLOCK_S 256) spills. The GPU
+configs below are untuned guesses.
 """
 
 from __future__ import annotations
