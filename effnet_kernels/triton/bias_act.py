@@ -1,4 +1,4 @@
-"""Triton implementation of ``bias_act``: y = act(x + bias[c]) on channels_last x.
+"""Triton implementation of ``bias_act``: y = apply_act(x + bias[c]) on channels_last x.
 
 Layout: x is NHWC in memory, viewed as a (R, C) row-major matrix with R = N*H*W. Each program
 owns a BLOCK_R x BLOCK_C tile (rows x channels): it loads the BLOCK_C bias values once and
@@ -9,41 +9,21 @@ GPU only through benchmarks/gpu_check.sh.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._tuning import on_input_device
+from ._common import ACT_CODES, ConfigSet, apply_act, on_input_device
 
-ACT_CODES = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3}
-
-
-@triton.jit
-def _act(v, ACT: tl.constexpr):
-    """act(v) in float32; ACT is one of ACT_CODES."""
-    if ACT == 3:
-        v = v * tl.sigmoid(v)
-    elif ACT == 2:
-        v = tl.minimum(tl.maximum(v, 0.0), 6.0)
-    elif ACT == 1:
-        v = tl.maximum(v, 0.0)
-    return v
+CONFIGS = ConfigSet(
+    gpu=tuple(triton.Config({"BLOCK_R": r, "BLOCK_C": c}, num_warps=w)
+              for r, c, w in [(32, 64, 4), (16, 128, 4), (64, 64, 8), (8, 256, 4), (128, 32, 8)]),
+    fixed=triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
+    interp=triton.Config({"BLOCK_R": 16, "BLOCK_C": 32}),
+)
 
 
-def _configs():
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs every config: keep one
-        return [triton.Config({"BLOCK_R": 16, "BLOCK_C": 32})]
-    if os.environ.get("EFFNET_TRITON_AUTOTUNE") == "0":  # tests on a GPU: no tuning time
-        return [triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4)]
-    return [
-        triton.Config({"BLOCK_R": r, "BLOCK_C": c}, num_warps=w)
-        for r, c, w in [(32, 64, 4), (16, 128, 4), (64, 64, 8), (8, 256, 4), (128, 32, 8)]
-    ]
-
-
-@triton.autotune(configs=_configs(), key=["C"])
+@triton.autotune(configs=CONFIGS.configs(), key=["C"])
 @triton.jit
 def _bias_act_kernel(x_ptr, b_ptr, y_ptr, R, C, ACT: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -54,7 +34,7 @@ def _bias_act_kernel(x_ptr, b_ptr, y_ptr, R, C, ACT: tl.constexpr,
     offs = rows[:, None] * C + cols[None, :]
     mask = (rows[:, None] < R) & cmask[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = _act(x + b[None, :], ACT)
+    y = apply_act(x + b[None, :], ACT)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -66,6 +46,9 @@ def bias_act(x: torch.Tensor, bias: torch.Tensor, act: str) -> torch.Tensor:
     R = x.numel() // C if C else 0
     if R == 0:
         return y
-    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))  # noqa: E731
+
+    def grid(meta):
+        return (triton.cdiv(R, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+
     _bias_act_kernel[grid](x, bias.contiguous(), y, R, C, ACT=ACT_CODES[act])
     return y

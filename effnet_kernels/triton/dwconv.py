@@ -41,21 +41,22 @@ cent of y for the default tiles) and the 4·N·C pool. Halo re-reads across tile
 FLOPs: 2·k²·N·C·Ho·Wo.
 
 Status: tested only under the Triton interpreter on the CPU (TRITON_INTERPRET=1), not yet on a
-GPU; the GPU configs below are untuned guesses.
+GPU; every config compiles for sm_90a with Triton 3.6 and 3.8 (benchmarks/triton_aot.py). Some
+spill: fp16 small tiles (ptxas stops at 80-96 registers), and under Triton 3.8 several fp32
+k = 5 tiles (ptxas allots 32 registers and spills ~3-5 KB). The GPU configs below are untuned
+guesses.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._tuning import least_padded, on_input_device
-from .bias_act import ACT_CODES, _act
-
-_UNROLL_K_MAX = tl.constexpr(7)  # taps fully unrolled up to this k; beyond it kh is a runtime loop
+from ._common import (
+    ACT_CODES, ConfigSet, apply_act, dw_accumulate, dw_plan, dw_pool, dw_prune_configs,
+    dw_store, dw_tile_index, on_input_device,
+)
 
 
 def _gpu_configs():
@@ -71,46 +72,17 @@ def _gpu_configs():
     ]
 
 
-def _configs():
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs every config: keep one
-        return [triton.Config({"BLOCK_H": 2, "BLOCK_W": 4, "BLOCK_C": 16})]
-    if os.environ.get("EFFNET_TRITON_AUTOTUNE") == "0":  # tests on a GPU: no tuning time
-        return [triton.Config({"BLOCK_H": 4, "BLOCK_W": 8, "BLOCK_C": 32}, num_warps=4)]
-    return _gpu_configs()
+CONFIGS = ConfigSet(
+    gpu=tuple(_gpu_configs()),
+    fixed=triton.Config({"BLOCK_H": 4, "BLOCK_W": 8, "BLOCK_C": 32}, num_warps=4),
+    interp=triton.Config({"BLOCK_H": 2, "BLOCK_W": 4, "BLOCK_C": 16}),
+)
 
 
-def _prune_configs(configs, nargs, **kwargs):
-    """Drop configs whose tile is far wider than the problem (BLOCK_C beyond C, BLOCK_W beyond
-    Wo, BLOCK_H beyond Ho, each rounded up to a power of two): they only add masked lanes, and
-    autotuning every one of them costs a compile per (C, Wo, k, stride, dtype) key. If none is
-    left (tiny problems), keep those with the fewest padded lanes."""
-    C, Ho, Wo = nargs["C"], nargs["Ho"], nargs["Wo"]
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_C"] <= max(32, triton.next_power_of_2(C))
-            and c.kwargs["BLOCK_W"] <= max(4, triton.next_power_of_2(Wo))
-            and c.kwargs["BLOCK_H"] <= max(1, triton.next_power_of_2(Ho))]
-    return kept or least_padded(configs, {"BLOCK_C": C, "BLOCK_H": Ho, "BLOCK_W": Wo})
+_prune_configs = dw_prune_configs  # the autotuner's early prune (tests call it)
 
 
-@triton.jit
-def _dw_row(acc, x_base, w_ptr, off0, ih0, iw0, mask_pc, c, kh, H, W, C,
-            K: tl.constexpr, I64: tl.constexpr):
-    """acc += Σ_kw weight[c, kh, kw] · x[ih0 + kh, iw0 + kw, c] for one kernel row kh."""
-    ih = ih0 + kh
-    row_ok = (ih >= 0) & (ih < H)
-    for kw in tl.static_range(K):
-        iw = iw0 + kw
-        ok = row_ok & (iw >= 0) & (iw < W)
-        tap = kh * W + kw
-        if I64:
-            tap = tl.cast(tap, tl.int64)  # tl.cast: W may be specialised to a constexpr 1
-        xv = tl.load(x_base + off0 + tap * C, mask=mask_pc & ok[:, None], other=0.0)
-        wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=c < C, other=0.0)
-        acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    return acc
-
-
-@triton.autotune(configs=_configs(), key=["C", "Wo", "K", "S"],
+@triton.autotune(configs=CONFIGS.configs(), key=["C", "Wo", "K", "S"],
                  prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit
 def _dwconv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr,
@@ -119,62 +91,14 @@ def _dwconv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr,
                        PAD_L: tl.constexpr, ACT: tl.constexpr, POOL: tl.constexpr,
                        I64: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
                        BLOCK_C: tl.constexpr):
-    # program -> (n, channel block, row tile, column tile); column tiles vary fastest
-    pid = tl.program_id(0)
-    n_tw = tl.cdiv(Wo, BLOCK_W)
-    n_th = tl.cdiv(Ho, BLOCK_H)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    tw = pid % n_tw
-    t = pid // n_tw
-    th = t % n_th
-    t = t // n_th
-    cb = t % n_cb
-    n = (t // n_cb).to(tl.int64)
-
-    p = tl.arange(0, BLOCK_H * BLOCK_W)
-    ho = th * BLOCK_H + p // BLOCK_W
-    wo = tw * BLOCK_W + p % BLOCK_W
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    pmask = (ho < Ho) & (wo < Wo)
-    mask_pc = pmask[:, None] & cmask[None, :]
-
-    # input tile origin (top-left tap) per output pixel; may lie in the padding
-    ih0 = ho * S - PAD_T
-    iw0 = wo * S - PAD_L
-    if I64:
-        pix0 = tl.cast(ih0, tl.int64) * W + iw0
-    else:
-        pix0 = ih0 * W + iw0
-    off0 = pix0[:, None] * C + c[None, :]
-    x_base = x_ptr + n * H * W * C
-
-    acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.float32)
-    if K <= _UNROLL_K_MAX:
-        for kh in tl.static_range(K):
-            acc = _dw_row(acc, x_base, w_ptr, off0, ih0, iw0, mask_pc, c, kh, H, W, C, K, I64)
-    else:
-        for kh in range(K):
-            acc = _dw_row(acc, x_base, w_ptr, off0, ih0, iw0, mask_pc, c, kh, H, W, C, K, I64)
-
-    bv = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)
-    v = _act(acc + bv[None, :], ACT)
-
-    if I64:
-        opix = tl.cast(ho, tl.int64) * Wo + wo
-    else:
-        opix = ho * Wo + wo
-    y_base = y_ptr + n * Ho * Wo * C
-    tl.store(y_base + opix[:, None] * C + c[None, :], v.to(y_ptr.dtype.element_ty), mask=mask_pc)
-
-    if POOL:
-        part = tl.sum(tl.where(mask_pc, v, 0.0), axis=0) * inv_hw
-        tile = th * n_tw + tw
-        tl.store(ws_ptr + n * ws_stride_n + tile * C + c, part, mask=cmask)
-
-
-def _n_tiles(Ho: int, Wo: int, meta) -> int:
-    return triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"])
+    n, th, tw, ho, wo, c = dw_tile_index(tl.program_id(0), C, Ho, Wo, BLOCK_H, BLOCK_W, BLOCK_C)
+    # weight (C, k·k) read in place: channel stride k·k, tap stride 1; no zero point
+    acc = dw_accumulate(tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.float32), x_ptr, w_ptr,
+                        n, ho, wo, c, H, W, C, Ho, Wo, 0.0, K * K, 1, K, S, PAD_T, PAD_L, I64)
+    bv = tl.load(b_ptr + c, mask=c < C, other=0.0).to(tl.float32)
+    v = apply_act(acc + bv[None, :], ACT)
+    dw_store(y_ptr, ws_ptr, v.to(y_ptr.dtype.element_ty), v, n, th, tw, ho, wo, c, C, Ho, Wo,
+             ws_stride_n, inv_hw, POOL, I64, BLOCK_W)
 
 
 @on_input_device
@@ -193,42 +117,21 @@ def _launch(x, weight, bias, stride, pads, act, return_pool, config=None, force_
         pool = torch.zeros((N, C), device=x.device, dtype=torch.float32) if return_pool else None
         return y, pool
 
-    # the workspace must hold the partial sums of whichever config ends up launched
     metas = [c.kwargs for c in _dwconv_fwd_kernel.configs] + ([config] if config else [])
-    max_tiles = max(_n_tiles(Ho, Wo, m) for m in metas)
+    plan = dw_plan(N, C, H, W, Ho, Wo, K, metas, force_i64, "dwconv_bias_act")
     if return_pool:
-        ws = torch.empty((N, max_tiles, C), device=x.device, dtype=torch.float32)
+        ws = torch.empty((N, plan.max_tiles, C), device=x.device, dtype=torch.float32)
     else:
         ws = y  # never touched: POOL=False compiles the store away
-    # in-sample offsets, halo included, must fit in int32; otherwise the I64 variant
-    span = max((H + 2 * K) * (W + 2 * K), Ho * Wo) * C
-    i64 = force_i64 or span >= 2**31
-
-    launched = {}
-
-    def grid(meta):
-        launched.update(meta)  # the autotuner calls this for the config it actually launches last
-        programs = N * triton.cdiv(C, meta["BLOCK_C"]) * _n_tiles(Ho, Wo, meta)
-        if programs >= 2**31:
-            raise RuntimeError(f"dwconv_bias_act (triton): {programs} programs exceed the grid "
-                               "limit of 2**31 - 1; split the batch")
-        return (programs,)
-
     args = (x, weight.contiguous(), bias.contiguous(), y, ws, H, W, C, Ho, Wo,
-            max_tiles * C, 1.0 / (Ho * Wo))
+            plan.max_tiles * C, 1.0 / (Ho * Wo))
     consts = dict(K=K, S=stride, PAD_T=top, PAD_L=left, ACT=ACT_CODES[act], POOL=return_pool,
-                  I64=i64)
+                  I64=plan.i64)
     if config is None:
-        _dwconv_fwd_kernel[grid](*args, **consts)
+        _dwconv_fwd_kernel[plan.grid](*args, **consts)
     else:
-        _dwconv_fwd_kernel.fn[grid](*args, **consts, **config)
-
-    if not return_pool:
-        return y, None
-    tiles = _n_tiles(Ho, Wo, launched)
-    if max_tiles == 1:
-        return y, ws.view(N, C)
-    return y, ws[:, :tiles].sum(1)
+        _dwconv_fwd_kernel.fn[plan.grid](*args, **consts, **config)
+    return y, (dw_pool(ws, plan, N, C, Ho, Wo) if return_pool else None)
 
 
 def dwconv_bias_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int,

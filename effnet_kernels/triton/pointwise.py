@@ -55,23 +55,26 @@ Bytes moved: M·Cin (x) + Cout·Cin (w) + M·Cout (y; or the residual too: 2·M�
 2·M·Cin·Cout (+ M·Cin with the gate).
 
 Status: tested only under the Triton interpreter on the CPU (TRITON_INTERPRET=1), not yet on a
-GPU; every GPU config (fp16 with and without pool, fp32) compiles for sm_90 with Triton 3.6 and
-3.8 through ptxas (fp16 lowers to wgmma, fp32 to FMAs, no TF32); the GPU configs below are
-untuned guesses.
+GPU; every GPU config compiles for sm_90a with Triton 3.6 and 3.8 through ptxas
+(benchmarks/triton_aot.py: registers, spills, shared memory per config; fp16 lowers to wgmma,
+fp32 to FMAs, no TF32). In fp32 the 128×64×64 s4 and 128×256×64 s3 configs need more shared
+memory than sm_90 has (the autotuner skips them there) and the largest fp32 tiles spill. The
+GPU configs below are untuned guesses.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ._tuning import least_padded, on_input_device
-from .bias_act import ACT_CODES, _act
+from ._common import (
+    ACT_CODES, GROUP_M, ConfigSet, apply_act, gemm_grid, gemm_hints, gemm_prune_configs, gemm_tile,
+    grouped_pid, interpreting, on_input_device, pool_store_segmented, pow2_divisor, slots,
+)
 
-_GROUP_M = 8
 
 
 def _gpu_configs():
@@ -79,7 +82,7 @@ def _gpu_configs():
     # head convs at large batch, tall/narrow ones for project convs to 16–40 channels, small
     # ones for batch-1 late stages (M = 49).
     return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": _GROUP_M},
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": GROUP_M},
                       num_warps=w, num_stages=s)
         for m, n, k, w, s in [
             (128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 4, 4),
@@ -91,32 +94,19 @@ def _gpu_configs():
     ]
 
 
-def _configs():
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs every config: keep one
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2})]
-    if os.environ.get("EFFNET_TRITON_AUTOTUNE") == "0":  # tests on a GPU: no tuning time
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32,
-                               "GROUP_M": _GROUP_M}, num_warps=4, num_stages=3)]
-    return _gpu_configs()
+CONFIGS = ConfigSet(
+    gpu=tuple(_gpu_configs()),
+    fixed=triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": GROUP_M},
+                        num_warps=4, num_stages=3),
+    interp=triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}),
+)
+
+# the autotuner's early prune: tiles past (M, Cout, Cin) rounded up to a power of two, floor 16
+_prune_configs = functools.partial(gemm_prune_configs, k_floor=16)
 
 
-def _prune_configs(configs, nargs, **kwargs):
-    """Drop configs whose tile is far larger than the problem (BLOCK_M beyond M, BLOCK_N beyond
-    Cout, BLOCK_K beyond Cin, each rounded up to a power of two, floor 16): they only add masked
-    lanes and tuning time. If none is left, keep those with the fewest padded lanes."""
-    M, Cout, Cin = nargs["M"], nargs["Cout"], nargs["Cin"]
-
-    def cap(v):
-        return max(16, triton.next_power_of_2(max(v, 1)))
-
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_M"] <= cap(M) and c.kwargs["BLOCK_N"] <= cap(Cout)
-            and c.kwargs["BLOCK_K"] <= cap(Cin)]
-    return kept or least_padded(configs, {"BLOCK_M": M, "BLOCK_N": Cout,
-                                          "BLOCK_K": max(Cin, 1)})
-
-
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "Cout", "Cin", "HAS_GATE", "HAS_RES", "POOL"],
+@triton.autotune(configs=CONFIGS.configs(),
+                 key=["M_BUCKET", "Cout", "Cin", "HAS_GATE", "HAS_RES", "POOL"],
                  prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit
 def _pointwise_kernel(x_ptr, w_ptr, b_ptr, g_ptr, r_ptr, y_ptr, ws_ptr,
@@ -126,35 +116,11 @@ def _pointwise_kernel(x_ptr, w_ptr, b_ptr, g_ptr, r_ptr, y_ptr, ws_ptr,
                       POOL: tl.constexpr, DOT_F32: tl.constexpr, DIV_K: tl.constexpr,
                       DIV_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # alignment hints (Triton only specialises on divisibility by 16): Cin, the row strides of
-    # w and gate, and Cout are multiples of DIV_K / DIV_N, so e.g. Cin = 24 still gets 16-byte
-    # fp16 loads. x // d * d == x when d divides x; the analysis sees a multiple of d.
-    Cin = Cin // DIV_K * DIV_K
-    stride_wn = stride_wn // DIV_K * DIV_K
-    stride_gn = stride_gn // DIV_K * DIV_K
-    Cout = Cout // DIV_N * DIV_N
-
-    # program -> (row tile, column tile), grouped: GROUP_M row tiles sweep the columns together
-    pid = tl.program_id(0)
-    n_pm = tl.cdiv(M, BLOCK_M)
-    n_pn = tl.cdiv(Cout, BLOCK_N)
-    per_group = GROUP_M * n_pn
-    first_pm = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(n_pm - first_pm, GROUP_M)
-    pid_m = first_pm + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
-
-    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
-    rmask = rows < M
-    nmask = cols < Cout
-    samp = rows // HW  # sample of each row (gate gather, pool segments)
-
-    a_ptrs = x_ptr + rows[:, None] * Cin + ks[None, :]
-    b_ptrs = w_ptr + cols[None, :] * stride_wn + ks[:, None] * stride_wk  # (BLOCK_K, BLOCK_N): wᵀ
-    if HAS_GATE:
-        g_ptrs = g_ptr + samp[:, None] * stride_gn + ks[None, :] * stride_gk
+    Cin, stride_wn, stride_gn, Cout = gemm_hints(Cin, stride_wn, stride_gn, Cout, DIV_K, DIV_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), M, Cout, BLOCK_M, BLOCK_N, GROUP_M)
+    rows, cols, ks, rmask, nmask, samp, a_ptrs, b_ptrs, g_ptrs = gemm_tile(
+        x_ptr, w_ptr, g_ptr, pid_m, pid_n, M, Cin, Cout, HW, stride_wn, stride_wk, stride_gn,
+        stride_gk, BLOCK_M, BLOCK_N, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, Cin, BLOCK_K):
@@ -173,43 +139,20 @@ def _pointwise_kernel(x_ptr, w_ptr, b_ptr, g_ptr, r_ptr, y_ptr, ws_ptr,
         b_ptrs += BLOCK_K * stride_wk
 
     bias = tl.load(b_ptr + cols, mask=nmask, other=0.0).to(tl.float32)
-    v = _act(acc + bias[None, :], ACT)
+    v = apply_act(acc + bias[None, :], ACT)
     omask = rmask[:, None] & nmask[None, :]
     offs = rows[:, None] * Cout + cols[None, :]
     if HAS_RES:
         v += tl.load(r_ptr + offs, mask=omask, other=0.0).to(tl.float32)
 
     if POOL:
-        # segmented row sums: one partial per sample touched by this tile
-        v = tl.where(omask, v, 0.0)
-        m0 = pid_m.to(tl.int64) * BLOCK_M
-        s_lo = m0 // HW
-        s_hi = (tl.minimum(m0 + BLOCK_M, M) - 1) // HW
-        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for sn in range(s_lo, s_hi + 1):
-            part = tl.sum(tl.where((samp == sn)[:, None], v, 0.0), axis=0) * inv_hw
-            first = (sn * HW) // BLOCK_M
-            last = ((sn + 1) * HW - 1) // BLOCK_M
-            base = ws_ptr + sn * ws_slots * Cout + cols
-            tl.store(base + (pid_m - first) * Cout, part, mask=nmask)
-            if pid_m == last:  # zero the slots this config leaves unused for sample sn
-                for j in range(last - first + 1, ws_slots):
-                    tl.store(base + j * Cout, zero, mask=nmask)
+        pool_store_segmented(v, omask, samp, pid_m, cols, nmask, ws_ptr, M, Cout, HW, ws_slots,
+                             inv_hw, BLOCK_M, BLOCK_N)
     else:
         tl.store(y_ptr + offs, v.to(y_ptr.dtype.element_ty), mask=omask)
 
 
-def _slots(HW: int, block_m: int) -> int:
-    """Most row tiles of height block_m that one sample of HW rows can touch."""
-    return (HW - 1) // block_m + 2
-
-
-def _pow2_divisor(*values: int) -> int:
-    """Largest power of two ≤ 16 dividing every value (0 counts as divisible by anything)."""
-    d = 16
-    while d > 1 and any(v % d for v in values):
-        d //= 2
-    return d
+_slots = slots  # tests check the workspace bound through the module
 
 
 @on_input_device
@@ -235,31 +178,24 @@ def _launch(x, w, bias, act, gate, residual, pool_only, config=None):
             return y
 
     metas = [c.kwargs for c in _pointwise_kernel.configs] + ([config] if config else [])
-    slots = _slots(HW, min(m["BLOCK_M"] for m in metas))
+    n_slots = slots(HW, min(m["BLOCK_M"] for m in metas))
     if pool_only:
-        ws = torch.empty((N, slots, Cout), device=dev, dtype=torch.float32)
+        ws = torch.empty((N, n_slots, Cout), device=dev, dtype=torch.float32)
         out = ws
     else:
         ws = y  # never touched: POOL=False compiles the workspace away
         out = y
 
-    def grid(meta):
-        programs = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(Cout, meta["BLOCK_N"])
-        if programs >= 2**31:
-            raise RuntimeError(f"pointwise_conv (triton): {programs} programs exceed the grid "
-                               "limit of 2**31 - 1; split the batch")
-        return (programs,)
-
     g = gate if gate is not None else x  # dummies: HAS_GATE / HAS_RES = False never read them
     r = residual if residual is not None else x
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    dot_f32 = x.dtype == torch.float32 or (interpreting and x.dtype == torch.bfloat16)
+    dot_f32 = x.dtype == torch.float32 or (interpreting() and x.dtype == torch.bfloat16)
     gs = gate.stride() if gate is not None else (0, 0)
     args = (x, w, bias.contiguous(), g, r, out, ws, M, Cin, Cout, HW, w.stride(0), w.stride(1),
-            gs[0], gs[1], slots, 1.0 / HW, triton.next_power_of_2(M))
+            gs[0], gs[1], n_slots, 1.0 / HW, triton.next_power_of_2(M))
     consts = dict(ACT=ACT_CODES[act], HAS_GATE=gate is not None, HAS_RES=residual is not None,
                   POOL=bool(pool_only), DOT_F32=dot_f32,
-                  DIV_K=_pow2_divisor(Cin, w.stride(0), gs[0]), DIV_N=_pow2_divisor(Cout))
+                  DIV_K=pow2_divisor(Cin, w.stride(0), gs[0]), DIV_N=pow2_divisor(Cout))
+    grid = gemm_grid(M, Cout, "pointwise_conv")
     if config is None:
         _pointwise_kernel[grid](*args, **consts)
     else:

@@ -21,41 +21,30 @@ with saturated operands (−128 · −128 summed over K), so no float32 workarou
 the bf16 case in pointwise.py).
 
 Status: tested only under the Triton interpreter on the CPU (TRITON_INTERPRET=1), not yet on a
-GPU. Without a GPU, every GPU config below was compiled for sm_90a with Triton 3.8 (triton.compile
-with an explicit GPUTarget, then the bundled ptxas -v): pointwise_int8 with gate + zero point +
-residual, y and pool_only; dwconv_int8 at k = 3 (s 1), 5 (s 2) and 9 (s 1); quantize. No config
-spills or exceeds an H100's shared memory (the largest pointwise config takes 188 KB: more than
-an A100 has, the autotuner skips it there), the PTX has no fma.f32 (only mul.rn / add.rn), and
-the pointwise dot lowers to wgmma (BLOCK_M ≥ 64 with ≥ 4 warps) or mma.sync s8. The configs
+GPU. Without a GPU, benchmarks/triton_aot.py compiles every config below for sm_90a with
+Triton 3.6 and 3.8 (pointwise_int8 with gate + zero point + residual, y and pool_only;
+dwconv_int8 at k = 3, 5 and 9, strides 1 and 2; quantize) and reports registers, spills and
+shared memory. The largest pointwise config takes 188 KB of shared memory (more than an A100
+has, the autotuner skips it there); the PTX has no fma.f32 (only mul.rn / add.rn), and the
+pointwise dot lowers to wgmma (BLOCK_M ≥ 64 with ≥ 4 warps) or mma.sync s8. The configs
 themselves are untuned guesses.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ._tuning import least_padded, on_input_device
-from .bias_act import ACT_CODES, _act
-from .pointwise import _pow2_divisor, _slots
+from ._common import (
+    ACT_CODES, GROUP_M, ConfigSet, apply_act, dw_accumulate, dw_plan, dw_pool, dw_prune_configs,
+    dw_store, dw_tile_index, gemm_grid, gemm_hints, gemm_prune_configs, gemm_tile, grouped_pid,
+    on_input_device, pool_store_segmented, pow2_divisor, requantize, slots,
+)
 
-_GROUP_M = 8
-_UNROLL_K_MAX = tl.constexpr(7)  # dwconv taps fully unrolled up to this k
 _NO_FMA = dict(enable_fp_fusion=False)  # launch option: float32 steps rounded as the reference
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@triton.jit
-def _requantize(v, out_inv_scale, out_zp):
-    """int8 clamp(floor(v·out_inv_scale + 0.5) + out_zp, −128, 127) of float32 v."""
-    t = tl.floor(v * out_inv_scale + 0.5) + out_zp
-    return tl.minimum(tl.maximum(t, -128.0), 127.0).to(tl.int8)
 
 
 # ============================================================================ pointwise_int8
@@ -64,7 +53,7 @@ def _pw_gpu_configs():
     # (mma m16n8k32, wgmma k = 32) need it. Int8 tiles are half the bytes of fp16 ones, so K
     # steps are deeper than in pointwise.py.
     return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": _GROUP_M},
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": GROUP_M},
                       num_warps=w, num_stages=s)
         for m, n, k, w, s in [
             (128, 128, 64, 8, 3), (128, 128, 128, 8, 2), (128, 64, 64, 4, 4),
@@ -76,32 +65,19 @@ def _pw_gpu_configs():
     ]
 
 
-def _pw_configs():
-    if _interpreting():  # the interpreter runs every config: keep one
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2})]
-    if os.environ.get("EFFNET_TRITON_AUTOTUNE") == "0":  # tests on a GPU: no tuning time
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64,
-                               "GROUP_M": _GROUP_M}, num_warps=4, num_stages=3)]
-    return _pw_gpu_configs()
+PW_CONFIGS = ConfigSet(
+    gpu=tuple(_pw_gpu_configs()),
+    fixed=triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": GROUP_M},
+                        num_warps=4, num_stages=3),
+    interp=triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}),
+)
+
+# the autotuner's early prune: tiles past (M, Cout) rounded up to a power of two (floor 16) or
+# past Cin (floor 32: the int8 MMA K)
+_pw_prune_configs = functools.partial(gemm_prune_configs, k_floor=32)
 
 
-def _pw_prune_configs(configs, nargs, **kwargs):
-    """Drop configs whose tile is far larger than the problem (BLOCK_M beyond M, BLOCK_N beyond
-    Cout, each rounded up to a power of two, floor 16; BLOCK_K beyond Cin, floor 32). If none is
-    left, keep those with the fewest padded lanes."""
-    M, Cout, Cin = nargs["M"], nargs["Cout"], nargs["Cin"]
-
-    def cap(v, floor):
-        return max(floor, triton.next_power_of_2(max(v, 1)))
-
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_M"] <= cap(M, 16) and c.kwargs["BLOCK_N"] <= cap(Cout, 16)
-            and c.kwargs["BLOCK_K"] <= cap(Cin, 32)]
-    return kept or least_padded(configs, {"BLOCK_M": M, "BLOCK_N": Cout,
-                                          "BLOCK_K": max(Cin, 1)})
-
-
-@triton.autotune(configs=_pw_configs(),
+@triton.autotune(configs=PW_CONFIGS.configs(),
                  key=["M_BUCKET", "Cout", "Cin", "HAS_GATE", "HAS_ZP", "HAS_RES", "POOL"],
                  prune_configs_by={"early_config_prune": _pw_prune_configs})
 @triton.jit
@@ -114,34 +90,11 @@ def _pw_int8_kernel(x_ptr, w_ptr, wsum_ptr, s_ptr, b_ptr, g_ptr, r_ptr, y_ptr, w
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """pointwise_int8: see ``pointwise_int8`` (the launcher) for the formula, layout and
     tiling."""
-    # alignment hints (Triton only specialises on divisibility by 16): x // d * d == x when d
-    # divides x, and the analysis then sees a multiple of d (16-byte int8 loads at Cin = 16·j)
-    Cin = Cin // DIV_K * DIV_K
-    stride_wn = stride_wn // DIV_K * DIV_K
-    stride_gn = stride_gn // DIV_K * DIV_K
-    Cout = Cout // DIV_N * DIV_N
-
-    # program -> (row tile, column tile), grouped: GROUP_M row tiles sweep the columns together
-    pid = tl.program_id(0)
-    n_pm = tl.cdiv(M, BLOCK_M)
-    n_pn = tl.cdiv(Cout, BLOCK_N)
-    per_group = GROUP_M * n_pn
-    first_pm = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(n_pm - first_pm, GROUP_M)
-    pid_m = first_pm + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
-
-    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
-    rmask = rows < M
-    nmask = cols < Cout
-    samp = rows // HW  # sample of each row (gate gather, pool segments)
-
-    a_ptrs = x_ptr + rows[:, None] * Cin + ks[None, :]
-    b_ptrs = w_ptr + cols[None, :] * stride_wn + ks[:, None] * stride_wk  # (BLOCK_K, BLOCK_N): wᵀ
-    if HAS_GATE:
-        g_ptrs = g_ptr + samp[:, None] * stride_gn + ks[None, :] * stride_gk
+    Cin, stride_wn, stride_gn, Cout = gemm_hints(Cin, stride_wn, stride_gn, Cout, DIV_K, DIV_N)
+    pid_m, pid_n = grouped_pid(tl.program_id(0), M, Cout, BLOCK_M, BLOCK_N, GROUP_M)
+    rows, cols, ks, rmask, nmask, samp, a_ptrs, b_ptrs, g_ptrs = gemm_tile(
+        x_ptr, w_ptr, g_ptr, pid_m, pid_n, M, Cin, Cout, HW, stride_wn, stride_wk, stride_gn,
+        stride_gk, BLOCK_M, BLOCK_N, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, Cin, BLOCK_K):
@@ -163,7 +116,7 @@ def _pw_int8_kernel(x_ptr, w_ptr, wsum_ptr, s_ptr, b_ptr, g_ptr, r_ptr, y_ptr, w
         acc -= in_zp * tl.load(wsum_ptr + cols, mask=nmask, other=0)[None, :]
     sc = tl.load(s_ptr + cols, mask=nmask, other=0.0)
     bias = tl.load(b_ptr + cols, mask=nmask, other=0.0)
-    v = _act(acc.to(tl.float32) * sc[None, :] + bias[None, :], ACT)
+    v = apply_act(acc.to(tl.float32) * sc[None, :] + bias[None, :], ACT)
     omask = rmask[:, None] & nmask[None, :]
     offs = rows[:, None] * Cout + cols[None, :]
     if HAS_RES:
@@ -171,24 +124,10 @@ def _pw_int8_kernel(x_ptr, w_ptr, wsum_ptr, s_ptr, b_ptr, g_ptr, r_ptr, y_ptr, w
         v += (r.to(tl.int32) - res_zp).to(tl.float32) * res_scale
 
     if POOL:
-        # segmented row sums of the float values: one partial per (sample, tile), as in
-        # pointwise.py (deterministic, every workspace slot written by every launch)
-        v = tl.where(omask, v, 0.0)
-        m0 = pid_m.to(tl.int64) * BLOCK_M
-        s_lo = m0 // HW
-        s_hi = (tl.minimum(m0 + BLOCK_M, M) - 1) // HW
-        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for sn in range(s_lo, s_hi + 1):
-            part = tl.sum(tl.where((samp == sn)[:, None], v, 0.0), axis=0) * inv_hw
-            first = (sn * HW) // BLOCK_M
-            last = ((sn + 1) * HW - 1) // BLOCK_M
-            base = ws_ptr + sn * ws_slots * Cout + cols
-            tl.store(base + (pid_m - first) * Cout, part, mask=nmask)
-            if pid_m == last:  # zero the slots this config leaves unused for sample sn
-                for j in range(last - first + 1, ws_slots):
-                    tl.store(base + j * Cout, zero, mask=nmask)
+        pool_store_segmented(v, omask, samp, pid_m, cols, nmask, ws_ptr, M, Cout, HW, ws_slots,
+                             inv_hw, BLOCK_M, BLOCK_N)
     else:
-        tl.store(y_ptr + offs, _requantize(v, out_inv_scale, out_zp), mask=omask)
+        tl.store(y_ptr + offs, requantize(v, out_inv_scale, out_zp), mask=omask)
 
 
 @on_input_device
@@ -213,20 +152,13 @@ def _pw_launch(x, w, scale, bias, in_zp, out_inv_scale, out_zp, act, gate, resid
             return y
 
     metas = [c.kwargs for c in _pw_int8_kernel.configs] + ([config] if config else [])
-    slots = _slots(HW, min(m["BLOCK_M"] for m in metas))
+    n_slots = slots(HW, min(m["BLOCK_M"] for m in metas))
     if pool_only:
-        ws = torch.empty((N, slots, Cout), device=dev, dtype=torch.float32)
+        ws = torch.empty((N, n_slots, Cout), device=dev, dtype=torch.float32)
         out = ws
     else:
         ws = y  # never touched: POOL=False compiles the workspace away
         out = y
-
-    def grid(meta):
-        programs = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(Cout, meta["BLOCK_N"])
-        if programs >= 2**31:
-            raise RuntimeError(f"pointwise_int8 (triton): {programs} programs exceed the grid "
-                               "limit of 2**31 - 1; split the batch")
-        return (programs,)
 
     has_zp = in_zp != 0
     if has_zp and w_sum is None:
@@ -237,11 +169,12 @@ def _pw_launch(x, w, scale, bias, in_zp, out_inv_scale, out_zp, act, gate, resid
     wsum = w_sum.contiguous() if has_zp else scale  # the kernel reads it with unit stride
     args = (x, w, wsum, scale.contiguous(), bias.contiguous(), g, r, out, ws, M, Cin, Cout, HW,
             w.stride(0), w.stride(1), gs[0], gs[1], int(in_zp),
-            float(out_inv_scale), int(out_zp), float(res_scale), int(res_zp), slots, 1.0 / HW,
+            float(out_inv_scale), int(out_zp), float(res_scale), int(res_zp), n_slots, 1.0 / HW,
             triton.next_power_of_2(M))
     consts = dict(ACT=ACT_CODES[act], HAS_GATE=gate is not None, HAS_ZP=has_zp,
                   HAS_RES=residual is not None, POOL=bool(pool_only),
-                  DIV_K=_pow2_divisor(Cin, w.stride(0), gs[0]), DIV_N=_pow2_divisor(Cout))
+                  DIV_K=pow2_divisor(Cin, w.stride(0), gs[0]), DIV_N=pow2_divisor(Cout))
+    grid = gemm_grid(M, Cout, "pointwise_int8")
     if config is None:
         _pw_int8_kernel[grid](*args, **consts, **_NO_FMA)
     else:
@@ -317,45 +250,15 @@ def _dw_gpu_configs():
     ]
 
 
-def _dw_configs():
-    if _interpreting():
-        return [triton.Config({"BLOCK_H": 4, "BLOCK_W": 4, "BLOCK_C": 32})]
-    if os.environ.get("EFFNET_TRITON_AUTOTUNE") == "0":
-        return [triton.Config({"BLOCK_H": 4, "BLOCK_W": 8, "BLOCK_C": 64}, num_warps=4)]
-    return _dw_gpu_configs()
+DW_CONFIGS = ConfigSet(
+    gpu=tuple(_dw_gpu_configs()),
+    fixed=triton.Config({"BLOCK_H": 4, "BLOCK_W": 8, "BLOCK_C": 64}, num_warps=4),
+    interp=triton.Config({"BLOCK_H": 4, "BLOCK_W": 4, "BLOCK_C": 32}),
+)
 
 
-def _dw_prune_configs(configs, nargs, **kwargs):
-    """As dwconv.py: drop tiles wider than (C, Ho, Wo) rounded up to a power of two."""
-    C, Ho, Wo = nargs["C"], nargs["Ho"], nargs["Wo"]
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_C"] <= max(32, triton.next_power_of_2(C))
-            and c.kwargs["BLOCK_W"] <= max(4, triton.next_power_of_2(Wo))
-            and c.kwargs["BLOCK_H"] <= max(1, triton.next_power_of_2(Ho))]
-    return kept or least_padded(configs, {"BLOCK_C": C, "BLOCK_H": Ho, "BLOCK_W": Wo})
-
-
-@triton.jit
-def _dw_row_int8(acc, x_base, w_ptr, off0, ih0, iw0, mask_pc, c, kh, H, W, C, in_zp,
-                 K: tl.constexpr, I64: tl.constexpr):
-    """acc += Σ_kw (x[ih0 + kh, iw0 + kw, c] − in_zp)·w[c, kh, kw] over in-image taps (int32).
-    Out-of-image taps load in_zp, so they contribute exactly 0 (real zero padding)."""
-    ih = ih0 + kh
-    row_ok = (ih >= 0) & (ih < H)
-    for kw in tl.static_range(K):
-        iw = iw0 + kw
-        ok = row_ok & (iw >= 0) & (iw < W)
-        tap = kh * W + kw
-        if I64:
-            tap = tl.cast(tap, tl.int64)
-        xv = tl.load(x_base + off0 + tap * C, mask=mask_pc & ok[:, None], other=in_zp)
-        wv = tl.load(w_ptr + (kh * K + kw) * C + c, mask=c < C, other=0)  # wt[tap, c]
-        acc += (xv.to(tl.int32) - in_zp) * wv.to(tl.int32)[None, :]
-    return acc
-
-
-@triton.autotune(configs=_dw_configs(), key=["C", "Wo", "K", "S"],
-                 prune_configs_by={"early_config_prune": _dw_prune_configs})
+@triton.autotune(configs=DW_CONFIGS.configs(), key=["C", "Wo", "K", "S"],
+                 prune_configs_by={"early_config_prune": dw_prune_configs})
 @triton.jit
 def _dw_int8_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr,
                     H, W, C, Ho, Wo, ws_stride_n, inv_hw, in_zp, out_inv_scale, out_zp,
@@ -363,64 +266,16 @@ def _dw_int8_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr,
                     ACT: tl.constexpr, POOL: tl.constexpr, I64: tl.constexpr,
                     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     """dwconv_int8: see ``dwconv_int8`` (the launcher) for the formula, layout and tiling."""
-    pid = tl.program_id(0)
-    n_tw = tl.cdiv(Wo, BLOCK_W)
-    n_th = tl.cdiv(Ho, BLOCK_H)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    tw = pid % n_tw
-    t = pid // n_tw
-    th = t % n_th
-    t = t // n_th
-    cb = t % n_cb
-    n = (t // n_cb).to(tl.int64)
-
-    p = tl.arange(0, BLOCK_H * BLOCK_W)
-    ho = th * BLOCK_H + p // BLOCK_W
-    wo = tw * BLOCK_W + p % BLOCK_W
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    n, th, tw, ho, wo, c = dw_tile_index(tl.program_id(0), C, Ho, Wo, BLOCK_H, BLOCK_W, BLOCK_C)
+    # weight transposed to (k·k, C): channel stride 1, tap stride C; zero point in_zp
+    acc = dw_accumulate(tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.int32), x_ptr, w_ptr,
+                        n, ho, wo, c, H, W, C, Ho, Wo, in_zp, 1, C, K, S, PAD_T, PAD_L, I64)
     cmask = c < C
-    pmask = (ho < Ho) & (wo < Wo)
-    mask_pc = pmask[:, None] & cmask[None, :]
-
-    ih0 = ho * S - PAD_T
-    iw0 = wo * S - PAD_L
-    if I64:
-        pix0 = tl.cast(ih0, tl.int64) * W + iw0
-    else:
-        pix0 = ih0 * W + iw0
-    off0 = pix0[:, None] * C + c[None, :]
-    x_base = x_ptr + n * H * W * C
-
-    acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.int32)
-    if K <= _UNROLL_K_MAX:
-        for kh in tl.static_range(K):
-            acc = _dw_row_int8(acc, x_base, w_ptr, off0, ih0, iw0, mask_pc, c, kh, H, W, C,
-                               in_zp, K, I64)
-    else:
-        for kh in range(K):
-            acc = _dw_row_int8(acc, x_base, w_ptr, off0, ih0, iw0, mask_pc, c, kh, H, W, C,
-                               in_zp, K, I64)
-
     sc = tl.load(s_ptr + c, mask=cmask, other=0.0)
     bv = tl.load(b_ptr + c, mask=cmask, other=0.0)
-    v = _act(acc.to(tl.float32) * sc[None, :] + bv[None, :], ACT)
-
-    if I64:
-        opix = tl.cast(ho, tl.int64) * Wo + wo
-    else:
-        opix = ho * Wo + wo
-    y_base = y_ptr + n * Ho * Wo * C
-    tl.store(y_base + opix[:, None] * C + c[None, :], _requantize(v, out_inv_scale, out_zp),
-             mask=mask_pc)
-
-    if POOL:
-        part = tl.sum(tl.where(mask_pc, v, 0.0), axis=0) * inv_hw
-        tile = th * n_tw + tw
-        tl.store(ws_ptr + n * ws_stride_n + tile * C + c, part, mask=cmask)
-
-
-def _n_tiles(Ho: int, Wo: int, meta) -> int:
-    return triton.cdiv(Ho, meta["BLOCK_H"]) * triton.cdiv(Wo, meta["BLOCK_W"])
+    v = apply_act(acc.to(tl.float32) * sc[None, :] + bv[None, :], ACT)
+    dw_store(y_ptr, ws_ptr, requantize(v, out_inv_scale, out_zp), v, n, th, tw, ho, wo, c, C,
+             Ho, Wo, ws_stride_n, inv_hw, POOL, I64, BLOCK_W)
 
 
 @on_input_device
@@ -440,42 +295,24 @@ def _dw_launch(x, weight, scale, bias, stride, pads, in_zp, out_inv_scale, out_z
         return y, pool
 
     metas = [c.kwargs for c in _dw_int8_kernel.configs] + ([config] if config else [])
-    max_tiles = max(_n_tiles(Ho, Wo, m) for m in metas)
+    plan = dw_plan(N, C, H, W, Ho, Wo, K, metas, force_i64, "dwconv_int8")
     if return_pool:
-        ws = torch.empty((N, max_tiles, C), device=x.device, dtype=torch.float32)
+        ws = torch.empty((N, plan.max_tiles, C), device=x.device, dtype=torch.float32)
     else:
         ws = y  # never touched: POOL=False compiles the store away
-    span = max((H + 2 * K) * (W + 2 * K), Ho * Wo) * C
-    i64 = force_i64 or span >= 2**31
-
-    launched = {}
-
-    def grid(meta):
-        launched.update(meta)  # the autotuner calls this for the config it actually launches last
-        programs = N * triton.cdiv(C, meta["BLOCK_C"]) * _n_tiles(Ho, Wo, meta)
-        if programs >= 2**31:
-            raise RuntimeError(f"dwconv_int8 (triton): {programs} programs exceed the grid "
-                               "limit of 2**31 - 1; split the batch")
-        return (programs,)
-
     # (k·k, C): one contiguous channel vector per tap (a (C, k·k) read strides by k·k bytes and
     # compiles to one byte load per channel per tap: 400 scalar loads and spills at k = 5)
     wt = weight.reshape(C, K * K).t().contiguous()
     args = (x, wt, scale.contiguous(), bias.contiguous(), y, ws, H, W, C, Ho,
-            Wo, max_tiles * C, 1.0 / (Ho * Wo), int(in_zp), float(out_inv_scale), int(out_zp))
+            Wo, plan.max_tiles * C, 1.0 / (Ho * Wo), int(in_zp), float(out_inv_scale),
+            int(out_zp))
     consts = dict(K=K, S=stride, PAD_T=top, PAD_L=left, ACT=ACT_CODES[act],
-                  POOL=bool(return_pool), I64=i64)
+                  POOL=bool(return_pool), I64=plan.i64)
     if config is None:
-        _dw_int8_kernel[grid](*args, **consts, **_NO_FMA)
+        _dw_int8_kernel[plan.grid](*args, **consts, **_NO_FMA)
     else:
-        _dw_int8_kernel.fn[grid](*args, **consts, **config, **_NO_FMA)
-
-    if not return_pool:
-        return y, None
-    tiles = _n_tiles(Ho, Wo, launched)
-    if max_tiles == 1:
-        return y, ws.view(N, C)
-    return y, ws[:, :tiles].sum(1)
+        _dw_int8_kernel.fn[plan.grid](*args, **consts, **config, **_NO_FMA)
+    return y, (dw_pool(ws, plan, N, C, Ho, Wo) if return_pool else None)
 
 
 def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
@@ -522,12 +359,19 @@ def dwconv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
 
 
 # ============================================================================ quantize_per_tensor
+QUANTIZE_CONFIGS = ConfigSet(  # not autotuned: 1-D blocks of BLOCK elements, 4 warps
+    gpu=(triton.Config({"BLOCK": 1024}),),
+    fixed=triton.Config({"BLOCK": 1024}),
+    interp=triton.Config({"BLOCK": 256}),
+)
+
+
 @triton.jit
 def _quantize_kernel(x_ptr, y_ptr, numel, inv_scale, zp, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, _requantize(x, inv_scale, zp), mask=mask)
+    tl.store(y_ptr + offs, requantize(x, inv_scale, zp), mask=mask)
 
 
 @on_input_device
@@ -544,7 +388,7 @@ def quantize_per_tensor(x: torch.Tensor, inv_scale: float, zp: int) -> torch.Ten
     numel = xc.numel()
     if numel == 0:
         return y
-    block = 256 if _interpreting() else 1024
+    block = QUANTIZE_CONFIGS.configs()[0].kwargs["BLOCK"]
     _quantize_kernel[(triton.cdiv(numel, block),)](xc, y, numel, float(inv_scale), int(zp),
                                                    BLOCK=block, **_NO_FMA)
     return y

@@ -29,19 +29,18 @@ S = 160, 1.2 M weights) one SM streams 2.4 MB (fp16) — splitting C across prog
 pass or recomputing FC1) would be the next step if that SE shows up in profiles.
 
 Status: tested only under the Triton interpreter on the CPU (TRITON_INTERPRET=1), not yet on a
-GPU; every GPU config compiles for sm_90 with Triton 3.6 and 3.8 through ptxas (no spills at
-S ≤ 160); the GPU configs below are untuned guesses.
+GPU; every GPU config compiles for sm_90a with Triton 3.6 and 3.8 through ptxas
+(benchmarks/triton_aot.py); at S = 160 in fp32 the 1×64 config (BLOCK_S 256) spills. The GPU
+configs below are untuned guesses.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._tuning import on_input_device
+from ._common import ConfigSet, on_input_device
 
 _REG_BUDGET = 16384  # max BLOCK_B·BLOCK_C·BLOCK_S float32 products live per chunk
 
@@ -58,12 +57,11 @@ def _gpu_configs():
     ]
 
 
-def _configs():
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter runs every config: keep one
-        return [triton.Config({"BLOCK_B": 2, "BLOCK_C": 16})]
-    if os.environ.get("EFFNET_TRITON_AUTOTUNE") == "0":  # tests on a GPU: no tuning time
-        return [triton.Config({"BLOCK_B": 2, "BLOCK_C": 16}, num_warps=4)]
-    return _gpu_configs()
+CONFIGS = ConfigSet(
+    gpu=tuple(_gpu_configs()),
+    fixed=triton.Config({"BLOCK_B": 2, "BLOCK_C": 16}, num_warps=4),
+    interp=triton.Config({"BLOCK_B": 2, "BLOCK_C": 16}),
+)
 
 
 def _prune_configs(configs, nargs, **kwargs):
@@ -86,7 +84,7 @@ def _prune_configs(configs, nargs, **kwargs):
     return [c for c in configs if size(c) == least]
 
 
-@triton.autotune(configs=_configs(), key=["C", "S", "N_BUCKET"],
+@triton.autotune(configs=CONFIGS.configs(), key=["C", "S", "N_BUCKET"],
                  prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit
 def _se_gate_kernel(p_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, g_ptr, N, C, S,
