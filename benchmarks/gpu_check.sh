@@ -13,7 +13,7 @@
 #   sanitizer_racecheck 75
 #   tests 150              -m cuda plus the Triton test files, pytest-xdist, 120 s per test
 #   bench_model 90         B0 batch 1 and 256 fp16: cuDNN channels_last, ours cuda, ours triton
-#   bench_dwconv 45        benchmarks/bench_dwconv.py, quick (EFFNET_BENCH_QUICK=1)
+#   bench_dwconv 60        benchmarks/bench_dwconv.py, quick (EFFNET_BENCH_QUICK=1)
 #   bench_int8 75          B0 int8 vs fp16 vs cuDNN fp16 vs torch._int_mm
 #   bench_compile 150, bench_b4 80, bench_autotune 120: only when that much time is left
 #
@@ -95,9 +95,10 @@ sanitizer() {  # sanitizer TOOL
   cs=$(command -v compute-sanitizer || ls "$(dirname "$(command -v nvcc)")/compute-sanitizer" \
        /usr/local/cuda/bin/compute-sanitizer 2> /dev/null | head -n 1)
   [ -n "$cs" ] || { echo "compute-sanitizer not found" >&2; return 127; }
-  # exit 99: the sanitizer found errors; 1: the driver got a wrong result
-  "$cs" --tool "$1" --error-exitcode 99 --print-limit 100 "$PY" \
-    benchmarks/gpu/sanitizer_driver.py
+  # exit 99: the sanitizer found errors; 1: the driver got a wrong result. No caching
+  # allocator: each tensor is its own cudaMalloc, so an access past its end is caught.
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool "$1" --error-exitcode 99 --print-limit 100 \
+    "$PY" benchmarks/gpu/sanitizer_driver.py
 }
 step_sanitizer_memcheck() { sanitizer memcheck; }
 step_sanitizer_racecheck() { sanitizer racecheck; }
@@ -185,184 +186,196 @@ step_bench_autotune() {  # Triton autotuning on; Triton prints each tuning's tim
   return $rc
 }
 
-if [ "${1:-}" = "--run-step" ]; then  # internal: one step's body (under its timeout)
-  STEP=$2
+run_step_body() {  # run_step_body NAME: one step's body (gpu_check.sh --run-step NAME)
+  STEP=$1
   if [ "${EFFNET_GPU_CHECK_INJECT_HANG:-}" = "$STEP" ]; then
     echo "EFFNET_GPU_CHECK_INJECT_HANG=$STEP: hanging"
     sleep 100000
   fi
   "step_$STEP"
-  exit $?
-fi
+}
 
 # ------------------------------------------------------------------------------- set-up
-USAGE="usage: gpu_check.sh OUTDIR [--rehearse]"
-[ $# -ge 1 ] && [ $# -le 2 ] || { echo "$USAGE" >&2; exit 2; }
-OUT=$1
-MODE=gpu
-case "${2:-}" in
-  "") ;;
-  --rehearse) MODE=rehearse ;;
-  *) echo "$USAGE" >&2; exit 2 ;;
-esac
-START=$(date +%s)
-DEADLINE=${EFFNET_GPU_CHECK_DEADLINE:-540}
-[[ "$DEADLINE" =~ ^[0-9]+$ ]] || { echo "EFFNET_GPU_CHECK_DEADLINE must be seconds" >&2; exit 2; }
-KILL_GRACE=5              # timeout -k: SIGKILL this long after SIGTERM
-MARGIN=$((KILL_GRACE + 3))  # a step ends this long before the deadline: kill grace + publishing
-SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$OUT" || exit 2
-OUT=$(cd "$OUT" && pwd)
-cd "$ROOT" || exit 2
-SCR=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 2
-LOGS=$SCR
-PY=${PYTHON:-python3}
-export MODE SCR LOGS ROOT PY SELF
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-
-# The commit measured, and whether the tree differed from it.
-DIRTY=unknown
-if [ -n "${EFFNET_COMMIT:-}" ]; then
-  RAW=$EFFNET_COMMIT; CSRC=env
-elif [ -s benchmarks/.gpu_check_commit ]; then
-  RAW=$(head -n 1 benchmarks/.gpu_check_commit); CSRC=file
-elif RAW=$(git rev-parse HEAD 2> /dev/null); then
-  CSRC=git
-  if [ -n "$(git status --porcelain -- effnet_kernels csrc setup.py 2> /dev/null)" ]; then
-    RAW="$RAW-dirty"
-  fi
-else
-  RAW=unknown; CSRC=none
-fi
-RAW=$(echo "$RAW" | tr -d '[:space:]')
-COMMIT=${RAW%-dirty}
-if [ "$CSRC" != none ]; then
-  if [ "$COMMIT" != "$RAW" ]; then DIRTY=true; else DIRTY=false; fi
-fi
-# what the benchmarks record (their JSON and file names): short commit + "-dirty"
-export EFFNET_COMMIT="${COMMIT:0:10}$([ "$DIRTY" = true ] && echo -dirty)"
-
-# ------------------------------------------------------------------------------- bookkeeping
-publish() {  # publish [--final]: OUTDIR's files, logs.tar.gz and summary.json, now
-  local f
-  for f in smoke.json junit.xml bench_model.json bench_kernels.json; do
-    [ -f "$SCR/$f" ] && cp -f "$SCR/$f" "$OUT/$f"
-  done
-  # a runaway log must not make the archive too big to come back: keep its last 4 MiB
-  find "$SCR" -type f \( -name '*.log' -o -name '*.txt' \) -size +4M -print0 |
-    while IFS= read -r -d '' f; do
-      tail -c 4M "$f" > "$f.tail" && mv -f "$f.tail" "$f"
-    done
-  tar -czf "$SCR.tar.gz" -C "$SCR" . && mv -f "$SCR.tar.gz" "$OUT/logs.tar.gz"
-  "$PY" benchmarks/gpu/summary.py --out "$OUT/summary.json" --records "$SCR/steps.tsv" \
-    --planned "$(IFS=,; echo "${STEPS[*]}")" --commit "$COMMIT" --commit-source "$CSRC" \
-    --dirty "$DIRTY" --mode "$MODE" --deadline "$DEADLINE" --start "$START" \
-    --env-json "$SCR/env.json" "$@" ||
-    echo "gpu_check: summary.json not written" >&2
-}
-
-record() {  # record NAME RC SECONDS TIMED_OUT SKIPPED REASON LIMIT: one line of steps.tsv
-  local note=""
-  [ -f "$SCR/notes.$1" ] && note=$(paste -sd ';' "$SCR/notes.$1")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6//[$'\t\n']/ }" \
-    "$7" "${note//[$'\t\n']/ }" >> "$SCR/steps.tsv"
-}
-
-skip_reason() {  # skip_reason NAME: why this step does not run in this mode (empty: it runs)
-  [ "$MODE" = rehearse ] || return 0
-  case $1 in
-    sanitizer_racecheck) echo "rehearsal: compute-sanitizer needs a GPU" ;;
-    bench_compile) echo "rehearsal: torch.compile of B0 takes minutes on this CPU" ;;
-    bench_autotune) echo "rehearsal: Triton autotuning needs a GPU" ;;
+# Everything below runs inside main(): bash has read the whole function before it starts, so
+# the script can be edited while it runs without changing the run.
+main() {
+  USAGE="usage: gpu_check.sh OUTDIR [--rehearse]"
+  [ $# -ge 1 ] && [ $# -le 2 ] || { echo "$USAGE" >&2; exit 2; }
+  OUT=$1
+  MODE=gpu
+  case "${2:-}" in
+    "") ;;
+    --rehearse) MODE=rehearse ;;
+    *) echo "$USAGE" >&2; exit 2 ;;
   esac
-}
-
-BUILD_FAILED=""  # why the steps after the build do not run
-FAILED=()
-CUR=""           # the running step's timeout process
-LAST_RC=""       # the last step's rc ("" when it was skipped)
-on_signal() {  # killed from outside: stop the running step, leave what we have
-  echo "gpu_check: interrupted" >&2
-  if [ -n "$CUR" ]; then
-    kill -TERM "$CUR" 2> /dev/null
-    record "$STEP" 143 0 0 0 "interrupted: gpu_check.sh got a signal" ""
+  START=$(date +%s)
+  DEADLINE=${EFFNET_GPU_CHECK_DEADLINE:-540}
+  if ! [[ "$DEADLINE" =~ ^[0-9]+$ ]]; then
+    echo "EFFNET_GPU_CHECK_DEADLINE must be seconds" >&2
+    exit 2
   fi
+  KILL_GRACE=5                # timeout -k: SIGKILL this long after SIGTERM
+  MARGIN=$((KILL_GRACE + 3))  # a step ends this long before the deadline: grace + publishing
+  SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+  ROOT=$(cd "$(dirname "$0")/.." && pwd)
+  mkdir -p "$OUT" || exit 2
+  OUT=$(cd "$OUT" && pwd)
+  cd "$ROOT" || exit 2
+  SCR=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 2
+  LOGS=$SCR
+  PY=${PYTHON:-python3}
+  export MODE SCR LOGS ROOT PY SELF
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+  # The commit measured, and whether the tree differed from it.
+  DIRTY=unknown
+  if [ -n "${EFFNET_COMMIT:-}" ]; then
+    RAW=$EFFNET_COMMIT; CSRC=env
+  elif [ -s benchmarks/.gpu_check_commit ]; then
+    RAW=$(head -n 1 benchmarks/.gpu_check_commit); CSRC=file
+  elif RAW=$(git rev-parse HEAD 2> /dev/null); then
+    CSRC=git
+    if [ -n "$(git status --porcelain -- effnet_kernels csrc setup.py 2> /dev/null)" ]; then
+      RAW="$RAW-dirty"
+    fi
+  else
+    RAW=unknown; CSRC=none
+  fi
+  RAW=$(echo "$RAW" | tr -d '[:space:]')
+  COMMIT=${RAW%-dirty}
+  if [ "$CSRC" != none ]; then
+    if [ "$COMMIT" != "$RAW" ]; then DIRTY=true; else DIRTY=false; fi
+  fi
+  # what the benchmarks record (their JSON and file names): short commit + "-dirty"
+  export EFFNET_COMMIT="${COMMIT:0:10}$([ "$DIRTY" = true ] && echo -dirty)"
+
+  # ------------------------------------------------------------------------------- bookkeeping
+  publish() {  # publish [--final]: OUTDIR's files, logs.tar.gz and summary.json, now
+    local f
+    for f in smoke.json junit.xml bench_model.json bench_kernels.json; do
+      [ -f "$SCR/$f" ] && cp -f "$SCR/$f" "$OUT/$f"
+    done
+    # a runaway log must not make the archive too big to come back: keep its last 4 MiB
+    find "$SCR" -type f \( -name '*.log' -o -name '*.txt' \) -size +4M -print0 |
+      while IFS= read -r -d '' f; do
+        tail -c 4M "$f" > "$f.tail" && mv -f "$f.tail" "$f"
+      done
+    tar -czf "$SCR.tar.gz" -C "$SCR" . && mv -f "$SCR.tar.gz" "$OUT/logs.tar.gz"
+    "$PY" benchmarks/gpu/summary.py --out "$OUT/summary.json" --records "$SCR/steps.tsv" \
+      --planned "$(IFS=,; echo "${STEPS[*]}")" --commit "$COMMIT" --commit-source "$CSRC" \
+      --dirty "$DIRTY" --mode "$MODE" --deadline "$DEADLINE" --start "$START" \
+      --env-json "$SCR/env.json" "$@" ||
+      echo "gpu_check: summary.json not written" >&2
+  }
+
+  record() {  # record NAME RC SECONDS TIMED_OUT SKIPPED REASON LIMIT: one line of steps.tsv
+    local note=""
+    [ -f "$SCR/notes.$1" ] && note=$(paste -sd ';' "$SCR/notes.$1")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6//[$'\t\n']/ }" \
+      "$7" "${note//[$'\t\n']/ }" >> "$SCR/steps.tsv"
+  }
+
+  skip_reason() {  # skip_reason NAME: why this step does not run in this mode (empty: it runs)
+    [ "$MODE" = rehearse ] || return 0
+    case $1 in
+      sanitizer_racecheck) echo "rehearsal: compute-sanitizer needs a GPU" ;;
+      bench_compile) echo "rehearsal: torch.compile of B0 takes minutes on this CPU" ;;
+      bench_autotune) echo "rehearsal: Triton autotuning needs a GPU" ;;
+    esac
+  }
+
+  BUILD_FAILED=""  # why the steps after the build do not run
+  FAILED=()
+  CUR=""           # the running step's timeout process
+  LAST_RC=""       # the last step's rc ("" when it was skipped)
+  on_signal() {  # killed from outside: stop the running step, leave what we have
+    echo "gpu_check: interrupted" >&2
+    if [ -n "$CUR" ]; then
+      kill -TERM "$CUR" 2> /dev/null
+      record "$STEP" 143 0 0 0 "interrupted: gpu_check.sh got a signal" ""
+    fi
+    publish --final
+    rm -rf "$SCR"
+    exit 143
+  }
+  trap on_signal TERM INT
+
+  run_step() {  # run_step NAME CAP MIN [optional]: run one step within its cap and the deadline
+    # (MIN: the least time worth starting it with, >= 1)
+    STEP=$1
+    local cap=$2 min=$3 optional=${4:-} var reason left limit t0 rc ms timed_out=0
+    var="EFFNET_GPU_CHECK_BUDGET_${STEP^^}"
+    cap=${!var:-$cap}
+    [ -n "$optional" ] && min=$cap  # an optional step runs only with its whole cap left
+    left=$((START + DEADLINE - $(date +%s) - MARGIN))
+    limit=$((cap < left ? cap : left))
+    if [ -n "$BUILD_FAILED" ]; then
+      reason=$BUILD_FAILED
+    else
+      reason=$(skip_reason "$STEP")
+    fi
+    if [ -z "$reason" ] && [ "$cap" -le 0 ]; then  # (timeout 0 would mean no limit at all)
+      reason="$var=$cap"
+    elif [ -z "$reason" ] && [ -n "$optional" ] && [ "$left" -lt "$min" ]; then
+      reason="optional, runs only with ${min}s left: ${left}s were left"
+    elif [ -z "$reason" ] && [ "$limit" -lt "$min" ]; then
+      reason="not enough time: ${left}s left (deadline less a ${MARGIN}s margin), needs ${min}s"
+    fi
+    if [ -n "$reason" ]; then
+      echo "== $STEP: skipped ($reason)"
+      record "$STEP" "" 0 0 1 "$reason" ""
+      LAST_RC=""
+      publish
+      return
+    fi
+    echo "== $STEP: up to ${limit}s ($(date -u +%H:%M:%S))"
+    t0=$(date +%s%N)
+    # timeout puts itself and the step in a new process group and signals the whole group
+    timeout -k "$KILL_GRACE" "$limit" bash "$SELF" --run-step "$STEP" > "$LOGS/$STEP.log" 2>&1 &
+    CUR=$!
+    wait "$CUR"
+    rc=$?
+    CUR=""
+    LAST_RC=$rc
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    [ "$rc" = 124 ] || [ "$rc" = 137 ] && timed_out=1
+    record "$STEP" "$rc" "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))" "$timed_out" 0 "" \
+      "$limit"
+    if [ "$rc" != 0 ]; then
+      FAILED+=("$STEP")
+      tail -n 15 "$LOGS/$STEP.log" | sed 's/^/   | /'
+    fi
+    echo "== $STEP: rc=$rc in $((ms / 1000)) s$([ $timed_out = 1 ] && echo " (timed out)")"
+    publish
+  }
+
+  echo "gpu_check ($MODE): commit $COMMIT (dirty: $DIRTY, from $CSRC), deadline ${DEADLINE}s," \
+    "OUT=$OUT, python $PY"
+  publish
+  run_step env 30 5
+  run_step build 300 20
+  if [ -n "$LAST_RC" ] && [ "$LAST_RC" != 0 ]; then
+    BUILD_FAILED="the build failed (rc $LAST_RC)"
+  elif [ -z "$LAST_RC" ]; then
+    BUILD_FAILED="the build did not run"
+  fi
+  run_step smoke 90 10
+  run_step sanitizer_memcheck 75 15
+  run_step sanitizer_racecheck 75 15
+  run_step tests 150 20
+  run_step bench_model 90 15
+  run_step bench_dwconv 60 10
+  run_step bench_int8 75 15
+  run_step bench_compile 150 0 optional
+  run_step bench_b4 80 0 optional
+  run_step bench_autotune 120 0 optional
   publish --final
   rm -rf "$SCR"
-  exit 143
-}
-trap on_signal TERM INT
-
-run_step() {  # run_step NAME CAP MIN [optional]: run one step within its cap and the deadline
-  # (MIN: the least time worth starting it with, >= 1)
-  STEP=$1
-  local cap=$2 min=$3 optional=${4:-} var reason left limit t0 rc ms timed_out=0
-  var="EFFNET_GPU_CHECK_BUDGET_${STEP^^}"
-  cap=${!var:-$cap}
-  [ -n "$optional" ] && min=$cap  # an optional step runs only with its whole cap left
-  left=$((START + DEADLINE - $(date +%s) - MARGIN))
-  limit=$((cap < left ? cap : left))
-  if [ -n "$BUILD_FAILED" ]; then
-    reason=$BUILD_FAILED
-  else
-    reason=$(skip_reason "$STEP")
-  fi
-  if [ -z "$reason" ] && [ "$cap" -le 0 ]; then  # (timeout 0 would mean no limit at all)
-    reason="$var=$cap"
-  elif [ -z "$reason" ] && [ -n "$optional" ] && [ "$left" -lt "$min" ]; then
-    reason="optional, runs only with ${min}s left: ${left}s were left"
-  elif [ -z "$reason" ] && [ "$limit" -lt "$min" ]; then
-    reason="not enough time: ${left}s left (deadline less a ${MARGIN}s margin), needs ${min}s"
-  fi
-  if [ -n "$reason" ]; then
-    echo "== $STEP: skipped ($reason)"
-    record "$STEP" "" 0 0 1 "$reason" ""
-    LAST_RC=""
-    publish
-    return
-  fi
-  echo "== $STEP: up to ${limit}s ($(date -u +%H:%M:%S))"
-  t0=$(date +%s%N)
-  # timeout puts itself and the step in a new process group and signals the whole group
-  timeout -k "$KILL_GRACE" "$limit" bash "$SELF" --run-step "$STEP" > "$LOGS/$STEP.log" 2>&1 &
-  CUR=$!
-  wait "$CUR"
-  rc=$?
-  CUR=""
-  LAST_RC=$rc
-  ms=$((($(date +%s%N) - t0) / 1000000))
-  [ "$rc" = 124 ] || [ "$rc" = 137 ] && timed_out=1
-  record "$STEP" "$rc" "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))" "$timed_out" 0 "" \
-    "$limit"
-  if [ "$rc" != 0 ]; then
-    FAILED+=("$STEP")
-    tail -n 15 "$LOGS/$STEP.log" | sed 's/^/   | /'
-  fi
-  echo "== $STEP: rc=$rc in $((ms / 1000)) s$([ $timed_out = 1 ] && echo " (timed out)")"
-  publish
+  echo "gpu_check: done in $(($(date +%s) - START)) s; failed steps: ${FAILED[*]:-none}" \
+    "${BUILD_FAILED:+($BUILD_FAILED)};" \
+    "files in $OUT: $(ls "$OUT" | paste -sd ' ')"
+  [ ${#FAILED[@]} = 0 ] && [ -z "$BUILD_FAILED" ]
 }
 
-echo "gpu_check ($MODE): commit $COMMIT (dirty: $DIRTY, from $CSRC), deadline ${DEADLINE}s," \
-  "OUT=$OUT, python $PY"
-publish
-run_step env 30 5
-run_step build 300 20
-[ "$LAST_RC" = 0 ] || BUILD_FAILED="the build $([ -n "$LAST_RC" ] && echo "failed (rc $LAST_RC)" ||
-                                       echo "did not run")"
-run_step smoke 90 10
-run_step sanitizer_memcheck 75 15
-run_step sanitizer_racecheck 75 15
-run_step tests 150 20
-run_step bench_model 90 15
-run_step bench_dwconv 45 10
-run_step bench_int8 75 15
-run_step bench_compile 150 0 optional
-run_step bench_b4 80 0 optional
-run_step bench_autotune 120 0 optional
-publish --final
-rm -rf "$SCR"
-echo "gpu_check: done in $(($(date +%s) - START)) s; failed steps: ${FAILED[*]:-none}" \
-  "${BUILD_FAILED:+($BUILD_FAILED)};" \
-  "files in $OUT: $(ls "$OUT" | paste -sd ' ')"
-[ ${#FAILED[@]} = 0 ] && [ -z "$BUILD_FAILED" ]
+# internal: `gpu_check.sh --run-step NAME` is one step, run by run_step under its timeout
+if [ "${1:-}" = "--run-step" ]; then run_step_body "$2"; else main "$@"; fi; exit $?
