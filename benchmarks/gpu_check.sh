@@ -28,9 +28,10 @@
 # smoke.json, junit.xml, bench_model.json, bench_kernels.json (bench_dwconv's pytest-benchmark
 # JSON). Logs are written to a scratch directory outside OUTDIR; only the archive goes there.
 #
-# Commit measured: EFFNET_COMMIT, else the first line of benchmarks/.gpu_check_commit (git-ignored;
-# "<sha>" or "<sha>-dirty", e.g. `git describe --always --dirty --abbrev=40`), else
-# `git rev-parse HEAD`, else "unknown".
+# Commit measured: EFFNET_COMMIT, else the first line of benchmarks/.gpu_check_commit
+# (git-ignored, "<sha>" or "<sha>-dirty", written as README "GPU check" says), else
+# `git rev-parse HEAD` (+ -dirty from git status), else "unknown". The benchmarks get
+# EFFNET_COMMIT=<10-digit sha>[-dirty].
 #
 # --rehearse: GPU steps become their CPU / Triton-interpreter counterparts (smoke on the "cpu",
 # "torch" and interpreted "triton" backends with tiny shapes; the sanitizer driver on the CPU
@@ -224,6 +225,7 @@ main() {
   SCR=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 2
   LOGS=$SCR
   PY=${PYTHON:-python3}
+  SUMMARY_PY=$(command -v python3 || echo "$PY")  # summary.py needs only the standard library
   export MODE SCR LOGS ROOT PY SELF
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
@@ -261,7 +263,7 @@ main() {
         tail -c 4M "$f" > "$f.tail" && mv -f "$f.tail" "$f"
       done
     tar -czf "$SCR.tar.gz" -C "$SCR" . && mv -f "$SCR.tar.gz" "$OUT/logs.tar.gz"
-    "$PY" benchmarks/gpu/summary.py --out "$OUT/summary.json" --records "$SCR/steps.tsv" \
+    "$SUMMARY_PY" benchmarks/gpu/summary.py --out "$OUT/summary.json" --records "$SCR/steps.tsv" \
       --planned "$(IFS=,; echo "${STEPS[*]}")" --commit "$COMMIT" --commit-source "$CSRC" \
       --dirty "$DIRTY" --mode "$MODE" --deadline "$DEADLINE" --start "$START" \
       --env-json "$SCR/env.json" "$@" ||
