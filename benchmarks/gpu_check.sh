@@ -373,9 +373,9 @@ main() {
   run_step bench_autotune 120 0 optional
   publish --final
   rm -rf "$SCR"
-  echo "gpu_check: done in $(($(date +%s) - START)) s; failed steps: ${FAILED[*]:-none}" \
-    "${BUILD_FAILED:+($BUILD_FAILED)};" \
-    "files in $OUT: $(ls "$OUT" | paste -sd ' ')"
+  echo "gpu_check: done in $(($(date +%s) - START)) s; failed steps:" \
+    "${FAILED[*]:-none}${BUILD_FAILED:+ ($BUILD_FAILED)}; files in $OUT:" \
+    "$(ls "$OUT" | paste -sd ' ')"
   [ ${#FAILED[@]} = 0 ] && [ -z "$BUILD_FAILED" ]
 }
 
