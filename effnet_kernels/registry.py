@@ -150,9 +150,12 @@ def _triton_impl(op: str) -> Callable:
             return _with_pool(launcher()(x, *args), x)
         return dw
     if op == "pointwise_int8":
-        def pw(*args):
-            *args, w_sum = args
-            return launcher()(*args, w_sum=w_sum)
+        n = SCHEMAS[op].split(") ->")[0].count(",") + 1  # the op's own arguments
+
+        def pw(*args, w_sum=None):
+            # the dispatcher passes the trailing w_sum positionally, or not at all (default)
+            args, extra = args[:n], args[n:]
+            return launcher()(*args, w_sum=extra[0] if extra else w_sum)
         return pw
     return lambda *args: launcher()(*args)
 

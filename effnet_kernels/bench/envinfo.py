@@ -19,9 +19,10 @@ def git_commit(root: Path | None = None) -> str:
     """``EFFNET_COMMIT``, else the short commit of the source tree (the package's, else the
     working directory's) + "-dirty" when the code in it — effnet_kernels/, csrc/, setup.py —
     differs from that commit, else "unknown"."""
-    env = os.environ.get("EFFNET_COMMIT")
-    if env:
-        return env[:12]
+    env = os.environ.get("EFFNET_COMMIT", "").strip()
+    if env:  # "<sha>" or "<sha>-dirty": the sha shortened to 10 hex digits, the suffix kept
+        sha, dash, rest = env.partition("-")
+        return sha[:10] + dash + rest
     roots = [root] if root else [Path(__file__).resolve().parents[2], Path.cwd()]
     for r in roots:
         try:
