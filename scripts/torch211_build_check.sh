@@ -101,7 +101,8 @@ echo "== building in $SRC (EFFNET_CUDA=$EFFNET_CUDA, archs $TORCH_CUDA_ARCH_LIST
   "MAX_JOBS=$MAX_JOBS)"
 t0=$(date +%s)
 (cd "$SRC" && "$VENV/bin/python" setup.py build_ext --inplace > build.log 2>&1) \
-  || { grep -E -B2 -A12 'error|Error' "$SRC/build.log" | head -n 80; fail "build, see $SRC/build.log"; }
+  || { grep -E -A4 '[ :]error[ :]|fatal error|undefined (reference|symbol)' "$SRC/build.log" \
+         | head -n 60; tail -n 3 "$SRC/build.log"; fail "build, see $SRC/build.log"; }
 echo "build: $(( $(date +%s) - t0 )) s"
 
 # ---------------------------------------------------------------- 4. import and run
