@@ -6,7 +6,8 @@
 #      wheel installed --no-deps (~530 MB, one download), torch's small pure-Python dependencies,
 #      ninja and numpy, and a symlink to the base venv's nvidia/ package directory: torch's
 #      libraries find their CUDA 13 runtime libraries there through their RPATH
-#      ($ORIGIN/../../nvidia/...). Triton and cuda-bindings are left out (torch imports them lazily).
+#      ($ORIGIN/../../nvidia/...). Triton and cuda-bindings are left out (torch imports them
+#      lazily).
 #   2. The working tree (tracked and untracked, not ignored files) is copied to
 #      .venv-torch211/src/ with its files' mtimes, so the ninja build there stays incremental
 #      across runs (only changed sources recompile); the in-place build of this tree is untouched.
@@ -44,19 +45,23 @@ fail() {
   exit 1
 }
 py() { "$VENV/bin/python" "$@"; }
+# pip, less the warnings about this machine's configured file:// indexes that lack a package.
+pip_() {
+  py -m pip "$@" 2> >(grep -v "^WARNING: Location 'file:.*' is ignored" >&2)
+}
 
 # ---------------------------------------------------------------- 1. the torch 2.11 venv
 stamp="torch==$TORCH_VERSION"
 if [ "$(cat "$VENV/.ready" 2>/dev/null)" != "$stamp" ]; then
   echo "== creating $VENV ($stamp, --no-deps)"
-  BASE_SP=$("$BASE_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
-    || fail "no base venv at $BASE_VENV (set BASE_VENV)"
-  [ -d "$BASE_SP/nvidia/cu13/lib" ] || fail "$BASE_SP/nvidia/cu13/lib missing: base venv lacks CUDA 13"
+  BASE_SP=$("$BASE_VENV/bin/python" -c \
+    'import sysconfig; print(sysconfig.get_paths()["purelib"])') || fail "no base venv at $BASE_VENV (set BASE_VENV)"
+  [ -d "$BASE_SP/nvidia/cu13/lib" ] || fail "no CUDA 13 libraries in $BASE_SP/nvidia/cu13/lib"
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV" || fail "venv creation with $PYTHON"
   # torch's own requirements, read from its wheel, less the CUDA wheels (reused from the base
   # venv) and triton; installed before torch so that pip has no unmet requirement to report.
-  py -m pip download -q --no-deps "torch==$TORCH_VERSION" -d "$VENV/wheel" \
+  pip_ download -q --no-deps "torch==$TORCH_VERSION" -d "$VENV/wheel" \
     || fail "pip download torch==$TORCH_VERSION"
   whl=$(ls "$VENV"/wheel/torch-*.whl)
   mapfile -t deps < <(py - "$whl" <<'PY'
@@ -77,8 +82,8 @@ for req in reqs:
 PY
 )
   [ "${#deps[@]}" -gt 0 ] || fail "could not read torch's requirements from $whl"
-  py -m pip install -q "${deps[@]}" ninja numpy || fail "pip install ${deps[*]} ninja numpy"
-  py -m pip install -q --no-deps "$whl" || fail "pip install $whl"
+  pip_ install -q "${deps[@]}" ninja numpy || fail "pip install ${deps[*]} ninja numpy"
+  pip_ install -q --no-deps "$whl" || fail "pip install $whl"
   rm -rf "$VENV/wheel"
   SP=$(py -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   ln -s "$BASE_SP/nvidia" "$SP/nvidia"
