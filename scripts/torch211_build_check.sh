@@ -90,7 +90,8 @@ PY
   echo "$stamp" > "$VENV/.ready"
 fi
 py -c 'import torch, sys; print("torch", torch.__version__, "CUDA", torch.version.cuda, "python",
-sys.version.split()[0])' || fail "torch $TORCH_VERSION does not import"
+sys.version.split()[0])' \
+  || fail "torch $TORCH_VERSION does not import; rm -rf $VENV rebuilds the venv"
 
 # ---------------------------------------------------------------- 2. copy of the working tree
 [ "${TORCH211_FRESH:-0}" = 1 ] && rm -rf "$SRC"
