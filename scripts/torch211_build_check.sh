@@ -55,7 +55,8 @@ stamp="torch==$TORCH_VERSION"
 if [ "$(cat "$VENV/.ready" 2>/dev/null)" != "$stamp" ]; then
   echo "== creating $VENV ($stamp, --no-deps)"
   BASE_SP=$("$BASE_VENV/bin/python" -c \
-    'import sysconfig; print(sysconfig.get_paths()["purelib"])') || fail "no base venv at $BASE_VENV (set BASE_VENV)"
+    'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+    || fail "no base venv at $BASE_VENV (set BASE_VENV)"
   [ -d "$BASE_SP/nvidia/cu13/lib" ] || fail "no CUDA 13 libraries in $BASE_SP/nvidia/cu13/lib"
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV" || fail "venv creation with $PYTHON"
