@@ -64,6 +64,19 @@ def act_name(act: nn.Module | str | None) -> str:
                      "nn.SiLU, nn.ReLU6, nn.ReLU, nn.Identity or None")
 
 
+def _input_ok(x, w: Tensor, channels: int) -> bool:
+    """The common case of a module's input in a few attribute reads: a 4-D tensor with the
+    layer's dtype, device and channel count (the full checks run only when this is False, to
+    raise the precise error; the layout is made channels_last by the caller)."""
+    return isinstance(x, Tensor) and x.dtype == w.dtype and x.dim() == 4 and \
+        x.shape[1] == channels and x.device == w.device
+
+
+def _nhwc(x):
+    return x.contiguous(memory_format=torch.channels_last) if isinstance(x, Tensor) and \
+        x.dim() == 4 else x
+
+
 class BoundOp(nn.Module):
     """A module that runs the op ``op`` through the operator ``bind`` chose once (the backend
     resolved by ``registry.bind`` for the module's device; ``self.backend`` names it)."""
@@ -164,10 +177,11 @@ class FusedDWConvBNAct(BoundOp):
         return cls(w, b, conv.stride[0], padding, act_name(act), backend)
 
     def forward(self, x: Tensor, return_pool: bool = False):
+        w = self.weight
+        if not _input_ok(x, w, w.shape[0]):
+            self._check_input(_nhwc(x))  # raises
         x = x.contiguous(memory_format=torch.channels_last)
-        self._check_input(x)
-        y, pool = self._fn(x, self.weight, self.bias, self.stride, self._pads(x), self.act,
-                           return_pool)
+        y, pool = self._fn(x, w, self.bias, self.stride, self._pads(x), self.act, return_pool)
         return (y, pool) if return_pool else y
 
     def forward_native(self, x: Tensor, return_pool: bool = False):
@@ -224,13 +238,17 @@ class SqueezeExcite(BoundOp):
         return cls(fc1.weight, z(fc1), fc2.weight, z(fc2), backend)
 
     def gate(self, pooled: Tensor) -> Tensor:
-        C = self.w1.shape[1]
-        if not isinstance(pooled, Tensor) or pooled.dim() != 2 or pooled.shape[1] != C \
-                or pooled.dtype != torch.float32:
-            raise ValueError(f"se_gate: pooled must be float32 (N, {C}), got "
-                             f"{checks._shape(pooled)} {getattr(pooled, 'dtype', '')}")
-        checks.same_device(pooled, self.w1.device, "se_gate", "pooled", "the layer")
-        return self._fn(pooled, self.w1, self.b1, self.w2, self.b2)
+        w1 = self.w1
+        if not (isinstance(pooled, Tensor) and pooled.dtype == torch.float32
+                and pooled.dim() == 2 and pooled.shape[1] == w1.shape[1]
+                and pooled.device == w1.device):
+            C = w1.shape[1]
+            if not isinstance(pooled, Tensor) or pooled.dim() != 2 or pooled.shape[1] != C \
+                    or pooled.dtype != torch.float32:
+                raise ValueError(f"se_gate: pooled must be float32 (N, {C}), got "
+                                 f"{checks._shape(pooled)} {getattr(pooled, 'dtype', '')}")
+            checks.same_device(pooled, w1.device, "se_gate", "pooled", "the layer")
+        return self._fn(pooled, w1, self.b1, self.w2, self.b2)
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.gate(x.float().mean((2, 3)))
@@ -287,17 +305,32 @@ class PointwiseConvBNAct(BoundOp):
 
     def forward(self, x: Tensor, gate: Tensor | None = None, residual: Tensor | None = None,
                 pool_only: bool = False) -> Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        w = self.weight
         if residual is not None:
-            residual = residual.contiguous(memory_format=torch.channels_last)
+            residual = _nhwc(residual)
+        if not (_input_ok(x, w, w.shape[1]) and self._extras_ok(x, gate, residual, pool_only)):
+            self._check_input(_nhwc(x), gate, residual, pool_only)  # raises
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self._fn(x, w, self.bias, self.act, gate, residual, pool_only)
+
+    def _extras_ok(self, x: Tensor, gate, residual, pool_only: bool) -> bool:
+        """gate, residual and pool_only in their common case (see ``_input_ok``)."""
+        N, _, H, W = x.shape
+        w = self.weight
+        return (gate is None or (isinstance(gate, Tensor) and gate.dtype == torch.float32
+                                 and gate.shape == (N, w.shape[1]) and gate.device == x.device)) \
+            and (residual is None or (isinstance(residual, Tensor) and residual.dtype == x.dtype
+                                      and residual.shape == (N, w.shape[0], H, W)
+                                      and residual.device == x.device)) \
+            and not (pool_only and H * W == 0)
+
+    def _check_input(self, x, gate, residual, pool_only: bool) -> None:
         w = self.weight
         checks.nhwc(x, self.op, dtypes=(w.dtype,))
         if x.shape[1] != w.shape[1]:
             raise ValueError(f"{self.op}: x has {x.shape[1]} channels, the layer {w.shape[1]}")
         checks.same_device(x, w.device, self.op, "x", "the layer")
-        if gate is not None or residual is not None or pool_only:
-            ops.check_pointwise_input(x, w.shape[0], gate, residual, pool_only, self.op)
-        return self._fn(x, w, self.bias, self.act, gate, residual, pool_only)
+        ops.check_pointwise_input(x, w.shape[0], gate, residual, pool_only, self.op)
 
     def forward_native(self, x: Tensor, gate: Tensor | None = None,
                        residual: Tensor | None = None, pool_only: bool = False) -> Tensor:
