@@ -32,6 +32,10 @@ objects, which cannot be compiled).
 Output: one line per compile (kernel, variant, dtype, config, OK/FAIL, registers, spill
 stores / loads, shared memory, seconds) and a summary; --json writes the same as
 {"triton", "target", "results": [...]}. Exit status 1 if any compile failed, 2 on a usage error.
+
+Result cache (``--cache``, default ~/.cache/effnet_kernels/triton_aot): a successful compile's
+row is stored under a key of the Triton version, every kernel source file and the job itself, so
+a rerun (CI) recompiles only what changed; ``--no-cache`` compiles everything.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -53,6 +58,8 @@ from pathlib import Path
 os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported anywhere
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = 90
+DEFAULT_CACHE = (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                 / "effnet_kernels" / "triton_aot")
 SMEM_MAX = 232448  # bytes of shared memory one block may use on sm_90 (227 KB)
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -328,6 +335,53 @@ def _worker(i):
     return compile_one(_JOBS[i])
 
 
+# ----------------------------------------------------------------------------- result cache
+def _sources_digest() -> str:
+    """The Triton version and every kernel source: a cached result is reused only while both
+    are unchanged (a compile depends on nothing else but the job itself)."""
+    h = hashlib.sha256(triton.__version__.encode())
+    for f in sorted((ROOT / "effnet_kernels" / "triton").glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def _stable(v) -> str:
+    """An example argument as text without object addresses (a mock tensor is its dtype)."""
+    return f"tensor[{v.dtype}]" if isinstance(v, MockTensor) else repr(v)
+
+
+def job_key(job, digest: str) -> str:
+    k, variant, dt, c, args = job
+    spec = (k.name, variant, dt, sorted(c.kwargs.items()), c.num_warps, c.num_stages,
+            c.num_ctas, sorted((n, _stable(v)) for n, v in args.items()),
+            sorted(k.options.items()))
+    return hashlib.sha256((digest + repr(spec)).encode()).hexdigest()[:32]
+
+
+def cached_rows(todo, cache_dir: Path | None):
+    """(rows found in the cache by job index, the jobs still to compile with their indices)."""
+    if cache_dir is None:
+        return {}, list(enumerate(todo))
+    digest, hits, rest = _sources_digest(), {}, []
+    for i, job in enumerate(todo):
+        f = cache_dir / f"{job_key(job, digest)}.json"
+        if f.is_file():
+            hits[i] = dict(json.loads(f.read_text()), cached=True)
+        else:
+            rest.append((i, job))
+    return hits, rest
+
+
+def store_rows(rows, todo, cache_dir: Path | None) -> None:
+    if cache_dir is None:
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    digest = _sources_digest()
+    for row, job in zip(rows, todo, strict=True):
+        if row["status"] == "OK" and not row.get("cached"):  # failures always run again
+            (cache_dir / f"{job_key(job, digest)}.json").write_text(json.dumps(row))
+
+
 _JOBS = []
 
 
@@ -375,6 +429,10 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N compiles of each kernel (quick "
                     "checks)")
     ap.add_argument("--list", action="store_true", help="list the compiles, run none")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                    help="reuse the results of compiles whose kernel sources and Triton version "
+                         f"are unchanged (default {DEFAULT_CACHE}); --no-cache compiles all")
+    ap.add_argument("--no-cache", dest="cache", action="store_const", const=None)
     a = ap.parse_args(argv)
     selected = [k for k in ks if not a.kernel or k.name in a.kernel]
     todo, missing = jobs(selected, a.full)
@@ -389,11 +447,20 @@ def main(argv=None) -> int:
             print(f"{k.name:<9} {variant[:26]:<26} {dt:<4} {config_str(c)}")
         return 0
 
+    hits, rest = cached_rows(todo, a.cache)
+    if hits:
+        print(f"{len(hits)} results reused from {a.cache} (kernel sources and Triton unchanged)")
     with tempfile.TemporaryDirectory(prefix="triton_aot_cache_") as cache:
-        knobs.cache.dir = cache  # a fresh cache: every compile runs ptxas (its -v log)
+        knobs.cache.dir = cache  # a fresh Triton cache: every compile runs ptxas (its -v log)
         knobs.nvidia.dump_ptxas_log = True
         t0 = time.time()
-        rows = run(todo, a.jobs, lambda r: print(fmt(r), flush=True))
+        fresh = run([j for _, j in rest], a.jobs, lambda r: print(fmt(r), flush=True))
+    rows = [None] * len(todo)
+    for i, row in hits.items():
+        rows[i] = row
+    for (i, _), row in zip(rest, fresh, strict=True):
+        rows[i] = row
+    store_rows(rows, todo, a.cache)
     print(f"\n{'kernel':<9} {'compiles':>8} {'FAIL':>5} {'max regs':>8} {'spilling':>8} "
           f"{'max spill B':>11} {'max smem B':>10}")
     for k in selected:

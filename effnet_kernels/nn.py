@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import checks, ops, reference, registry
 
-__all__ = ["fold_bn", "act_name", "BoundOp", "FusedDWConvBNAct", "SqueezeExcite",
+__all__ = ["fold_bn", "act_name", "BoundOp", "FastAttrs", "FusedDWConvBNAct", "SqueezeExcite",
            "PointwiseConvBNAct"]
 
 _ACT_TYPES = ((nn.SiLU, "silu"), (nn.ReLU6, "relu6"), (nn.ReLU, "relu"), (nn.Identity, "identity"))
@@ -77,7 +77,32 @@ def _nhwc(x):
         x.dim() == 4 else x
 
 
-class BoundOp(nn.Module):
+class FastAttrs(nn.Module):
+    """An ``nn.Module`` whose buffers and submodules are also plain instance attributes, so the
+    reads a forward makes skip ``nn.Module.__getattr__`` (~0.3 µs each, ~300 per B0 forward).
+    Kept in sync on registration, assignment, deletion and ``.to()`` / ``_apply``."""
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        super().register_buffer(name, tensor, persistent)
+        self.__dict__[name] = self._buffers[name]
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in self._buffers or name in self._modules:
+            self.__dict__[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._buffers or name in self._modules:
+            self.__dict__.pop(name, None)
+        super().__delattr__(name)
+
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        self.__dict__.update(self._buffers)
+        return out
+
+
+class BoundOp(FastAttrs):
     """A module that runs the op ``op`` through the operator ``bind`` chose once (the backend
     resolved by ``registry.bind`` for the module's device; ``self.backend`` names it)."""
 

@@ -72,7 +72,15 @@ from torch import Tensor, nn
 
 from . import ops, reference, registry
 from .models.efficientnet import ConvBNAct, EfficientNet, MBConv
-from .nn import BoundOp, FusedDWConvBNAct, PointwiseConvBNAct, SqueezeExcite, act_name, fold_bn
+from .nn import (
+    BoundOp,
+    FastAttrs,
+    FusedDWConvBNAct,
+    PointwiseConvBNAct,
+    SqueezeExcite,
+    act_name,
+    fold_bn,
+)
 
 __all__ = ["optimize", "op_backends", "FUSED_OPS", "FusedEfficientNet", "FusedMBConv", "FusedStem",
            "FrozenLinear"]
@@ -135,7 +143,7 @@ class FusedStem(BoundOp):
                 f"act={self.act!r}, conv='F.conv2d', backend={self.backend!r}")
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(FastAttrs):
     """One MBConv block as 2–4 fused ops (``num_kernels``):
 
     [expand pointwise_conv + bias + act] → dwconv_bias_act (+ the SE pool in the same pass)
@@ -166,7 +174,7 @@ class FusedMBConv(nn.Module):
         return f"use_residual={self.use_residual}, num_kernels={self.num_kernels}"
 
 
-class FrozenLinear(nn.Module):
+class FrozenLinear(FastAttrs):
     """The classifier: ``F.linear`` with frozen (buffer) weight and bias."""
 
     def __init__(self, weight: Tensor, bias: Tensor) -> None:

@@ -66,4 +66,20 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE float shfl_xor(float v, int lane_mask) {
 #endif
 }
 
+// Where block `bid` of a depthwise grid works (float and int8 kernels): sample n, band of output
+// rows, first channel of its chunk of `ctv` channels; blocks are ordered (n, band, chunk).
+struct DwCoords {
+  int64_t n, band, c_base;
+};
+C10_HOST_DEVICE C10_ALWAYS_INLINE DwCoords dw_coords(int64_t bid, int64_t chunks, int64_t bands,
+                                                      int64_t ctv) {
+  DwCoords c;
+  const int64_t chunk = bid % chunks;
+  bid /= chunks;
+  c.band = bid % bands;
+  c.n = bid / bands;
+  c.c_base = chunk * ctv;
+  return c;
+}
+
 }  // namespace effnet

@@ -120,17 +120,9 @@ template <typename T, int K, int S, int VEC, int TW, Act A>
 struct DwBlock {
   using P = Pack<T, VEC>;
 
-  struct Coords {
-    int64_t n, band, c_base;
-  };
+  using Coords = DwCoords;
   static C10_HOST_DEVICE C10_ALWAYS_INLINE Coords coords(const DwPlan& p, int64_t bid) {
-    Coords c;
-    const int64_t chunk = bid % p.chunks;
-    bid /= p.chunks;
-    c.band = bid % p.bands;
-    c.n = bid / p.bands;
-    c.c_base = chunk * p.CT * VEC;
-    return c;
+    return dw_coords(bid, p.chunks, p.bands, p.CT * VEC);
   }
 
   struct Smem {

@@ -343,17 +343,9 @@ struct Block {
   static constexpr int WORDS = VEC >= 4 ? VEC / 4 : 1;
   static constexpr int P = K > 0 ? (K + 3) / 4 : 0;  // packed weight words per (channel, row)
 
-  struct Coords {
-    int64_t n, band, c_base;
-  };
+  using Coords = DwCoords;
   static C10_HOST_DEVICE C10_ALWAYS_INLINE Coords coords(const Plan& p, int64_t bid) {
-    Coords c;
-    const int64_t chunk = bid % p.chunks;
-    bid /= p.chunks;
-    c.band = bid % p.bands;
-    c.n = bid / p.bands;
-    c.c_base = chunk * p.CT * VEC;
-    return c;
+    return dw_coords(bid, p.chunks, p.bands, p.CT * VEC);
   }
 
   // Index of channel (lane, v) of the chunk in a per-channel shared array: [word][lane][4].
