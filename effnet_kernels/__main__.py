@@ -50,36 +50,11 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _load_image(name: str):
-    """An RGB uint8 HWC array: a scikit-image sample name (e.g. "chelsea") or a file path."""
-    import numpy as np
-
-    try:
-        from skimage import data, io
-    except ImportError as e:
-        raise SystemExit("the demo needs scikit-image: pip install scikit-image") from e
-    if not any(c in name for c in "/.\\") and hasattr(data, name):
-        img = getattr(data, name)()
-    else:
-        try:
-            img = io.imread(name)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"cannot read image {name!r}: {e}") from e
-    img = np.asarray(img)
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    if img.ndim != 3 or img.shape[-1] not in (3, 4):
-        raise SystemExit(f"{name}: expected an RGB image, got an array of shape {img.shape}")
-    img = img[..., :3]
-    if img.dtype != np.uint8:  # float images in [0, 1]
-        img = (np.clip(img, 0, 1) * 255).astype(np.uint8) if img.dtype.kind == "f" else img.astype(np.uint8)
-    return img
-
-
 def cmd_demo(args) -> int:
     import torch
     from torchvision.models._meta import _IMAGENET_CATEGORIES as LABELS
 
+    from effnet_kernels import data
     from effnet_kernels.convert import imagenet_preprocess, load_lite0_pretrained
 
     try:
@@ -94,14 +69,12 @@ def cmd_demo(args) -> int:
     images = args.images or list(DEFAULT_IMAGES)
     q = None
     if args.int8:
-        from effnet_kernels import data
-
         calib = data.random_crops(data.CALIBRATION_IMAGES, 4, seed=1)
         q = ek.quantize(fused, list(calib.split(12)), backend="auto")
         print(f"INT8: ek.quantize calibrated on {len(calib)} random crops of "
               f"{len(data.CALIBRATION_IMAGES)} scikit-image pictures; int8 ops on "
-              f"{q.backends['pointwise_int8']!r} (on the CPU that is the exact integer "
-              "reference, an oracle: its time is not a kernel's)")
+              f"{q.backends['pointwise_int8']!r} (on the CPU: exact C++ ports of the integer "
+              "reference, not yet fast kernels)")
     print(f"EfficientNet-Lite0, real ImageNet weights, on CPU ({torch.get_num_threads()} threads): "
           f"eager PyTorch vs ek.optimize (backends {fused.backends})")
 
@@ -115,7 +88,11 @@ def cmd_demo(args) -> int:
         for f in (model, fused):  # warm-up
             f(torch.zeros(1, 3, 224, 224))
         for name in images:
-            x = imagenet_preprocess(_load_image(name))
+            try:
+                img = data.load_image(name)
+            except ValueError as e:
+                raise SystemExit(str(e)) from e
+            x = imagenet_preprocess(img.permute(1, 2, 0))
             logits, ms = timed(model, x)
             logits_f, ms_f = timed(fused, x)
             probs = logits_f.float().softmax(-1)[0]

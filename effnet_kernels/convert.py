@@ -31,6 +31,7 @@ __all__ = [
     "from_efficientnet_pytorch",
     "from_timm",
     "from_torchvision",
+    "imagenet_mean_std",
     "imagenet_preprocess",
     "load_lite0_pretrained",
 ]
@@ -305,6 +306,12 @@ def load_lite0_pretrained() -> EfficientNet:
     return from_efficientnet_pytorch(state, arch="efficientnet_lite0")
 
 
+def imagenet_mean_std(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """The ImageNet normalisation as (1, 3, 1, 1) tensors: (x − mean) / std on [0, 1] images."""
+    return (torch.tensor(IMAGENET_MEAN, dtype=dtype).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, dtype=dtype).view(1, 3, 1, 1))
+
+
 def imagenet_preprocess(img, size: int = 224) -> Tensor:
     """uint8 H×W×3 image → (1, 3, size, size) float32: resize shorter side to size/0.875 (bilinear,
     antialiased), center crop, ImageNet mean/std normalisation."""
@@ -318,6 +325,5 @@ def imagenet_preprocess(img, size: int = 224) -> Tensor:
     x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
     top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
     x = x[..., top : top + size, left : left + size]
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = imagenet_mean_std()
     return ((x - mean) / std).contiguous()

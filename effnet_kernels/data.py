@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .convert import IMAGENET_MEAN, IMAGENET_STD
+from .convert import imagenet_mean_std
 
 __all__ = ["CALIBRATION_IMAGES", "HELD_OUT_IMAGES", "load_image", "random_crops",
            "bn_stats_from_random_data", "as_uint8_image"]
@@ -26,32 +26,42 @@ HELD_OUT_IMAGES = ("chelsea", "motorcycle_left", "retina", "logo", "moon", "grav
 
 
 def load_image(name: str) -> torch.Tensor:
-    """scikit-image sample ``name`` as a uint8 (3, H, W) tensor."""
+    """An RGB image as a uint8 (3, H, W) tensor: a scikit-image sample name (e.g. "chelsea",
+    "motorcycle_left") or an image file path. Grayscale is replicated to 3 channels, alpha is
+    dropped; float images are taken as [0, 1] (clipped, ×255, rounded), bool as {0, 255}, wider
+    integers scaled from their type's range. Raises ValueError for an unknown name or a file
+    that is not an image."""
     import numpy as np
-    import skimage.data
 
+    try:
+        import skimage.data
+        import skimage.io
+    except ImportError as e:
+        raise ValueError("loading images needs scikit-image: pip install scikit-image") from e
     if name == "motorcycle_left":
         img = skimage.data.stereo_motorcycle()[0]
+    elif not any(c in name for c in "/.\\") and hasattr(skimage.data, name):
+        img = getattr(skimage.data, name)()
     else:
-        fn = getattr(skimage.data, name, None)
-        if fn is None:
-            raise ValueError(f"scikit-image has no sample image {name!r}")
-        img = fn()
+        try:
+            img = skimage.io.imread(name)
+        except (OSError, ValueError, SyntaxError) as e:  # missing, unreadable or not an image
+            raise ValueError(f"cannot read image {name!r}: {e}") from e
     img = np.asarray(img)
-    if img.dtype == bool:
-        img = img.astype(np.uint8) * 255
-    if img.dtype != np.uint8:
-        img = (255 * (img - img.min()) / max(float(img.max() - img.min()), 1e-12)).astype(np.uint8)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise ValueError(f"{name}: expected an RGB image, got an array of shape {img.shape}")
     img = img[:, :, :3]
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    elif img.dtype.kind == "f":
+        img = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        info = np.iinfo(img.dtype)
+        img = np.round((img.astype(np.float64) - max(info.min, 0)) * 255.0
+                       / (info.max - max(info.min, 0))).clip(0, 255).astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
-
-
-def _mean_std(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet normalisation as (1, 3, 1, 1) tensors."""
-    return (torch.tensor(IMAGENET_MEAN, dtype=dtype).view(1, 3, 1, 1),
-            torch.tensor(IMAGENET_STD, dtype=dtype).view(1, 3, 1, 1))
 
 
 def random_crops(names, per_image: int, size: int = 224, seed: int = 0,
@@ -60,7 +70,7 @@ def random_crops(names, per_image: int, size: int = 224, seed: int = 0,
     antialiased resize to size×size, ImageNet normalisation) of each image in ``names``:
     float32 (len(names)·per_image, 3, size, size), deterministic for a seed."""
     g = torch.Generator().manual_seed(seed)
-    mean, std = _mean_std(torch.float32)
+    mean, std = imagenet_mean_std(torch.float32)
     out = []
     for name in names:
         img = load_image(name).float().div_(255.0)
@@ -90,7 +100,7 @@ def as_uint8_image(x: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised crops as they would be if stored as 8-bit images: de-normalise,
     clamp to [0, 1], round to a multiple of 1/255, normalise again. The yardstick for int8
     error: how far the float model's logits move when only its input is 8-bit."""
-    mean, std = _mean_std(x.dtype)
+    mean, std = imagenet_mean_std(x.dtype)
     raw = (x * std + mean).clamp_(0.0, 1.0)
     return ((torch.round(raw * 255.0) / 255.0 - mean) / std).contiguous()
 
