@@ -337,9 +337,9 @@ def _worker(i):
 
 # ----------------------------------------------------------------------------- result cache
 def _sources_digest() -> str:
-    """The Triton version and every kernel source: a cached result is reused only while both
-    are unchanged (a compile depends on nothing else but the job itself)."""
-    h = hashlib.sha256(triton.__version__.encode())
+    """The Triton version, this script and every kernel source: a cached result is reused only
+    while all are unchanged (a compile depends on nothing else but the job itself)."""
+    h = hashlib.sha256(triton.__version__.encode() + Path(__file__).read_bytes())
     for f in sorted((ROOT / "effnet_kernels" / "triton").glob("*.py")):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()

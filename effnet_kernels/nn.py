@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import checks, ops, reference, registry
 
-__all__ = ["fold_bn", "act_name", "BoundOp", "FastAttrs", "FusedDWConvBNAct", "SqueezeExcite",
+__all__ = ["fold_bn", "act_name", "BoundOp", "FusedDWConvBNAct", "SqueezeExcite",
            "PointwiseConvBNAct"]
 
 _ACT_TYPES = ((nn.SiLU, "silu"), (nn.ReLU6, "relu6"), (nn.ReLU, "relu"), (nn.Identity, "identity"))
@@ -64,7 +64,7 @@ def act_name(act: nn.Module | str | None) -> str:
                      "nn.SiLU, nn.ReLU6, nn.ReLU, nn.Identity or None")
 
 
-def _input_ok(x, w: Tensor, channels: int) -> bool:
+def input_ok(x, w: Tensor, channels: int) -> bool:
     """The common case of a module's input in a few attribute reads: a 4-D tensor with the
     layer's dtype, device and channel count (the full checks run only when this is False, to
     raise the precise error; the layout is made channels_last by the caller)."""
@@ -72,47 +72,72 @@ def _input_ok(x, w: Tensor, channels: int) -> bool:
         x.shape[1] == channels and x.device == w.device
 
 
-def _nhwc(x):
+def pointwise_extras_ok(x: Tensor, w: Tensor, gate, residual, pool_only: bool) -> bool:
+    """A pointwise layer's gate, residual and pool_only in their common case (see
+    ``input_ok``); ``w`` is the (Cout, Cin) weight. Also used by the int8 layers."""
+    N, _, H, W = x.shape
+    return (gate is None or (isinstance(gate, Tensor) and gate.dtype == torch.float32
+                             and gate.shape == (N, w.shape[1]) and gate.device == x.device)) \
+        and (residual is None or (isinstance(residual, Tensor) and residual.dtype == x.dtype
+                                  and residual.shape == (N, w.shape[0], H, W)
+                                  and residual.device == x.device)) \
+        and not (pool_only and H * W == 0)
+
+
+def as_nhwc(x):
     return x.contiguous(memory_format=torch.channels_last) if isinstance(x, Tensor) and \
         x.dim() == 4 else x
 
 
-class FastAttrs(nn.Module):
-    """An ``nn.Module`` whose buffers and submodules are also plain instance attributes, so the
-    reads a forward makes skip ``nn.Module.__getattr__`` (~0.3 µs each, ~300 per B0 forward).
-    Kept in sync on registration, assignment, deletion and ``.to()`` / ``_apply``."""
-
-    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
-        super().register_buffer(name, tensor, persistent)
-        self.__dict__[name] = self._buffers[name]
-
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        if name in self._buffers or name in self._modules:
-            self.__dict__[name] = value
-
-    def __delattr__(self, name: str) -> None:
-        if name in self._buffers or name in self._modules:
-            self.__dict__.pop(name, None)
-        super().__delattr__(name)
-
-    def _apply(self, fn, recurse: bool = True):
-        out = super()._apply(fn, recurse)
-        self.__dict__.update(self._buffers)
-        return out
-
-
-class BoundOp(FastAttrs):
+class BoundOp(nn.Module):
     """A module that runs the op ``op`` through the operator ``bind`` chose once (the backend
-    resolved by ``registry.bind`` for the module's device; ``self.backend`` names it)."""
+    resolved by ``registry.bind`` for the module's device; ``self.backend`` names it).
+
+    Moving the module to another device type (``.to()``, ``.cuda()``, ``.cpu()``) binds again
+    for the new device with the backend asked for: ``"auto"`` picks that device's best, an
+    explicit backend that cannot run there makes every call raise the registry's error (never a
+    silent switch to another backend). Forwards read their tensors through ``self._buffers`` (one
+    dict lookup, and always the module's current tensors, also under ``functional_call``)."""
 
     op: str
 
     def bind(self, backend: str, device: torch.device | None = None, *,
              substitute: bool = False) -> None:
-        device = device if device is not None else next(self.buffers()).device
-        bound = registry.bind(self.op, backend, device, substitute=substitute)
+        device = torch.device(device) if device is not None else next(self.buffers()).device
+        self._requested = (backend, substitute)
+        self._bound_device_type = device.type
+        try:
+            bound = registry.bind(self.op, backend, device, substitute=substitute)
+        except RuntimeError as e:
+            if not getattr(self, "_moving", False):
+                raise
+            self.backend, self._fn = backend, _raiser(f"{self.op} moved to {device}: {e}")
+            return
         self.backend, self._fn = bound.backend, bound.fn
+
+    def rebind_as(self, backend: str, substitute: bool = False) -> None:
+        """What a later device move binds again for: a model built for ``backend`` (resolved
+        per op by the registry, e.g. "auto") gives its modules that request, not the concrete
+        backend it resolved to on the first device."""
+        self._requested = (backend, substitute)
+
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        device = next(self.buffers(), None)
+        if device is not None and hasattr(self, "_requested") \
+                and device.device.type != self._bound_device_type:
+            self._moving = True
+            try:
+                self.bind(self._requested[0], device.device, substitute=self._requested[1])
+            finally:
+                self._moving = False
+        return out
+
+
+def _raiser(message: str):
+    def fn(*args, **kwargs):
+        raise RuntimeError(message)
+    return fn
 
 
 class FusedDWConvBNAct(BoundOp):
@@ -131,6 +156,9 @@ class FusedDWConvBNAct(BoundOp):
         if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.shape[1] != 1 \
                 or weight.shape[2] != weight.shape[3]:
             raise ValueError(f"weight must be (C, 1, k, k), got {checks._shape(weight)}")
+        if weight.dtype not in checks.FLOAT_DTYPES:
+            raise TypeError(f"{self.op}: weight must be one of {checks.FLOAT_DTYPES}, got "
+                            f"{weight.dtype}")
         self.kernel_size = checks.dw_weight(weight, weight.shape[0], self.op, weight.dtype,
                                             weight.device)
         self.stride, self.act = checks.stride(stride, self.op), act_name(act)
@@ -202,11 +230,12 @@ class FusedDWConvBNAct(BoundOp):
         return cls(w, b, conv.stride[0], padding, act_name(act), backend)
 
     def forward(self, x: Tensor, return_pool: bool = False):
-        w = self.weight
-        if not _input_ok(x, w, w.shape[0]):
-            self._check_input(_nhwc(x))  # raises
+        buf = self._buffers
+        w = buf["weight"]
+        if not input_ok(x, w, w.shape[0]):
+            self._check_input(as_nhwc(x))  # raises
         x = x.contiguous(memory_format=torch.channels_last)
-        y, pool = self._fn(x, w, self.bias, self.stride, self._pads(x), self.act, return_pool)
+        y, pool = self._fn(x, w, buf["bias"], self.stride, self._pads(x), self.act, return_pool)
         return (y, pool) if return_pool else y
 
     def forward_native(self, x: Tensor, return_pool: bool = False):
@@ -263,7 +292,8 @@ class SqueezeExcite(BoundOp):
         return cls(fc1.weight, z(fc1), fc2.weight, z(fc2), backend)
 
     def gate(self, pooled: Tensor) -> Tensor:
-        w1 = self.w1
+        buf = self._buffers
+        w1 = buf["w1"]
         if not (isinstance(pooled, Tensor) and pooled.dtype == torch.float32
                 and pooled.dim() == 2 and pooled.shape[1] == w1.shape[1]
                 and pooled.device == w1.device):
@@ -273,7 +303,7 @@ class SqueezeExcite(BoundOp):
                 raise ValueError(f"se_gate: pooled must be float32 (N, {C}), got "
                                  f"{checks._shape(pooled)} {getattr(pooled, 'dtype', '')}")
             checks.same_device(pooled, w1.device, "se_gate", "pooled", "the layer")
-        return self._fn(pooled, w1, self.b1, self.w2, self.b2)
+        return self._fn(pooled, w1, buf["b1"], buf["w2"], buf["b2"])
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.gate(x.float().mean((2, 3)))
@@ -330,24 +360,15 @@ class PointwiseConvBNAct(BoundOp):
 
     def forward(self, x: Tensor, gate: Tensor | None = None, residual: Tensor | None = None,
                 pool_only: bool = False) -> Tensor:
-        w = self.weight
+        buf = self._buffers
+        w = buf["weight"]
         if residual is not None:
-            residual = _nhwc(residual)
-        if not (_input_ok(x, w, w.shape[1]) and self._extras_ok(x, gate, residual, pool_only)):
-            self._check_input(_nhwc(x), gate, residual, pool_only)  # raises
+            residual = as_nhwc(residual)
+        if not (input_ok(x, w, w.shape[1])
+                and pointwise_extras_ok(x, w, gate, residual, pool_only)):
+            self._check_input(as_nhwc(x), gate, residual, pool_only)  # raises
         x = x.contiguous(memory_format=torch.channels_last)
-        return self._fn(x, w, self.bias, self.act, gate, residual, pool_only)
-
-    def _extras_ok(self, x: Tensor, gate, residual, pool_only: bool) -> bool:
-        """gate, residual and pool_only in their common case (see ``_input_ok``)."""
-        N, _, H, W = x.shape
-        w = self.weight
-        return (gate is None or (isinstance(gate, Tensor) and gate.dtype == torch.float32
-                                 and gate.shape == (N, w.shape[1]) and gate.device == x.device)) \
-            and (residual is None or (isinstance(residual, Tensor) and residual.dtype == x.dtype
-                                      and residual.shape == (N, w.shape[0], H, W)
-                                      and residual.device == x.device)) \
-            and not (pool_only and H * W == 0)
+        return self._fn(x, w, buf["bias"], self.act, gate, residual, pool_only)
 
     def _check_input(self, x, gate, residual, pool_only: bool) -> None:
         w = self.weight

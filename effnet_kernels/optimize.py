@@ -55,9 +55,11 @@ from several streams or threads. Under ``torch.compile`` the graph path is skipp
 validation — is Python on static shapes); so does ``torch.inference_mode()``. The module is
 frozen: weights are buffers, it has no parameters, and ``f.train()`` raises.
 
-Moving the module with ``.to(device)`` after construction keeps the backends chosen for the
-original device (an explicit ``cpu``/``cuda`` backend then raises at the first call on the
-wrong device); call ``optimize`` on the target device instead.
+Moving the module with ``.to(device)`` after construction binds every op again for the new
+device type with the backend asked for (``nn.BoundOp``): ``"auto"`` picks the new device's
+best (``f.backends`` follows), an explicit backend that cannot run there (``"cpu"`` on CUDA
+tensors) makes each call raise that backend's error — never a silent switch. Calling
+``optimize`` on the target device is the clearer way.
 """
 
 from __future__ import annotations
@@ -74,7 +76,6 @@ from . import ops, reference, registry
 from .models.efficientnet import ConvBNAct, EfficientNet, MBConv
 from .nn import (
     BoundOp,
-    FastAttrs,
     FusedDWConvBNAct,
     PointwiseConvBNAct,
     SqueezeExcite,
@@ -143,7 +144,7 @@ class FusedStem(BoundOp):
                 f"act={self.act!r}, conv='F.conv2d', backend={self.backend!r}")
 
 
-class FusedMBConv(FastAttrs):
+class FusedMBConv(nn.Module):
     """One MBConv block as 2–4 fused ops (``num_kernels``):
 
     [expand pointwise_conv + bias + act] → dwconv_bias_act (+ the SE pool in the same pass)
@@ -163,18 +164,20 @@ class FusedMBConv(FastAttrs):
         return sum(m is not None for m in (self.expand, self.dw, self.se, self.project))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x if self.expand is None else self.expand(x)
+        m = self._modules  # one dict read per part (no nn.Module.__getattr__)
+        expand, dw, se, project = m.get("expand"), m["dw"], m.get("se"), m["project"]
+        h = x if expand is None else expand(x)
         res = x if self.use_residual else None
-        if self.se is None:
-            return self.project(self.dw(h), residual=res)
-        y, pool = self.dw(h, return_pool=True)
-        return self.project(y, gate=self.se.gate(pool), residual=res)
+        if se is None:
+            return project(dw(h), residual=res)
+        y, pool = dw(h, return_pool=True)
+        return project(y, gate=se.gate(pool), residual=res)
 
     def extra_repr(self) -> str:
         return f"use_residual={self.use_residual}, num_kernels={self.num_kernels}"
 
 
-class FrozenLinear(FastAttrs):
+class FrozenLinear(nn.Module):
     """The classifier: ``F.linear`` with frozen (buffer) weight and bias."""
 
     def __init__(self, weight: Tensor, bias: Tensor) -> None:
@@ -227,6 +230,13 @@ class FusedEfficientNet(nn.Module):
         self.cuda_graph = bool(cuda_graph)
         self._graphs: OrderedDict = OrderedDict()
         super().train(False)
+
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)  # the BoundOp modules bind again on a new device
+        for m in self.modules():
+            if isinstance(m, BoundOp) and m.op in self.backends:
+                self.backends[m.op] = m.backend
+        return out
 
     # -- frozen
     def train(self, mode: bool = True) -> FusedEfficientNet:
@@ -444,6 +454,9 @@ def optimize(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None 
     head = PointwiseConvBNAct(w, b, src.head.act_name, backend=be["pointwise_conv"])
     classifier = FrozenLinear(_own(src.classifier.weight, dtype),
                               _own(src.classifier.bias, dtype))
+    for m in (stem, head, *[x for st in stages for x in st.modules()]):
+        if isinstance(m, BoundOp):
+            m.rebind_as(backend, substitute=True)
     return FusedEfficientNet(stem, nn.Sequential(*stages), head, classifier, backends=be,
                              substitutions=subs, cuda_graph=cuda_graph,
                              name=getattr(getattr(src, "config", None), "name", "efficientnet"),

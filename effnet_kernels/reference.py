@@ -147,7 +147,7 @@ def requantize(v: torch.Tensor, inv_scale: float, zp: int) -> torch.Tensor:
 def quantize_per_tensor(x: torch.Tensor, inv_scale: float, zp: int) -> torch.Tensor:
     """Float x → int8 with ``requantize`` (channels_last when x is 4-D)."""
     q = requantize(x, inv_scale, zp)
-    return q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 else q
+    return q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 else q.contiguous()
 
 
 def dequantize(q: torch.Tensor, scale: float, zp: int) -> torch.Tensor:

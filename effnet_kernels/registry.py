@@ -117,7 +117,7 @@ _FAKES: dict[str, Callable] = {
     "pointwise_int8": _pw_int8_fake,
     "quantize_per_tensor": lambda x, inv_scale, zp: (
         _nhwc_like(x, x.shape, torch.int8) if x.dim() == 4
-        else torch.empty_like(x, dtype=torch.int8)),
+        else x.new_empty(x.shape, dtype=torch.int8)),  # contiguous, as every backend returns
 }
 
 
@@ -238,10 +238,10 @@ def device_backends(device: torch.device | str = "cpu") -> list[str]:
     if device_type == "cuda":
         out += ["cuda"] if _CUDA_BUILT else []
         out += ["triton"] if _TRITON_FOUND else []
-    else:
+    elif device_type == "cpu":
         out += ["cpu"] if _C is not None else []
         out += ["triton"] if _TRITON_FOUND and triton_interpreting() else []
-    return [*out, "torch"]
+    return [*out, "torch"]  # other devices (meta, ...): the plain-PyTorch reference only
 
 
 def why_unavailable(backend: str, device: torch.device) -> str:

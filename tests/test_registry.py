@@ -135,3 +135,43 @@ def test_modules_bind_once():
     finally:
         registry.resolve = real
     assert calls == []
+
+
+def test_moving_a_model_binds_again_or_refuses():
+    """.to() another device type: "auto" re-resolves there (f.backends follows); an explicit
+    backend that cannot run there raises at the call, never a silent switch."""
+    torch.manual_seed(0)
+    m = ek.efficientnet_b0(num_classes=10).eval()
+    f = ek.optimize(m, backend="auto").to("meta")
+    assert f.backends["dwconv_bias_act"] == "torch"
+    assert f.blocks[0][0].dw.backend == "torch"
+    if not ops.extension_available():
+        return
+    g = ek.optimize(m, backend="cpu").to("meta")
+    with pytest.raises(RuntimeError, match="moved to meta.*'cpu' backend needs CPU tensors"):
+        g.blocks[0][0].dw(torch.empty(1, 32, 8, 8, device="meta"))
+    h = g.to_empty(device="cpu")  # back on the CPU: bound to the CPU kernels again
+    assert h.blocks[0][0].dw._fn is registry.implementation("dwconv_bias_act", "cpu")
+
+
+def test_functional_call_sees_the_swapped_buffers():
+    """Modules read their tensors through _buffers: torch.func.functional_call (and export)
+    see the tensors it swaps in."""
+    from effnet_kernels.nn import FusedDWConvBNAct
+
+    torch.manual_seed(0)
+    m = FusedDWConvBNAct(torch.randn(8, 1, 3, 3), torch.randn(8), backend="torch")
+    x = torch.randn(2, 8, 5, 5)
+    z = torch.func.functional_call(m, {"weight": torch.zeros(8, 1, 3, 3),
+                                       "bias": torch.zeros(8)}, (x,))
+    assert z.abs().max() == 0 and m(x).abs().max() > 0
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_quantize_per_tensor_fake_strides(backend):
+    """A non-contiguous 2-D input: every backend returns a contiguous int8 tensor, and so does
+    the fake kernel."""
+    if backend not in registry.device_backends("cpu"):
+        pytest.skip(f"{backend} not available")
+    x = torch.randn(5, 7).t()
+    torch.library.opcheck(registry.implementation("quantize_per_tensor", backend), (x, 3.0, 1))

@@ -8,8 +8,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .. import checks, reference
-from ..nn import BoundOp
+from .. import checks, ops, reference
+from ..nn import BoundOp, as_nhwc, input_ok, pointwise_extras_ok
 from ..optimize import FusedEfficientNet, FusedMBConv, FusedStem
 from .calibration import corrected_bias, quantize_weight
 
@@ -84,14 +84,24 @@ class QuantizedPointwise(_QOut):
                 residual: tuple[Tensor, tuple[float, int]] | None = None,
                 pool_only: bool = False) -> Tensor:
         r, (rs, rz) = residual if residual is not None else (None, (1.0, 0))
-        checks.nhwc(x, self.op, dtypes=checks.INT8)
-        if x.shape[1] != self.weight.shape[1]:
-            raise ValueError(f"{self.op}: x has {x.shape[1]} channels, the layer "
-                             f"{self.weight.shape[1]}")
-        args = (x, self.weight, self.scale, self.bias, self._in[1], self._out_inv, self._out[1],
+        buf = self._buffers
+        w = buf["weight"]
+        if r is not None:
+            r = as_nhwc(r)
+        if not (input_ok(x, w, w.shape[1]) and pointwise_extras_ok(x, w, gate, r, pool_only)):
+            x = as_nhwc(x)  # raises below
+            checks.nhwc(x, self.op, dtypes=checks.INT8)
+            if x.shape[1] != w.shape[1]:
+                raise ValueError(f"{self.op}: x has {x.shape[1]} channels, the layer "
+                                 f"{w.shape[1]}")
+            checks.same_device(x, w.device, self.op, "x", "the layer")
+            ops.check_pointwise_input(x, w.shape[0], gate, r, pool_only, self.op,
+                                      dtypes=checks.INT8)
+        x = x.contiguous(memory_format=torch.channels_last)
+        args = (x, w, buf["scale"], buf["bias"], self._in[1], self._out_inv, self._out[1],
                 self.act, gate, r, rs, rz, pool_only)
-        if self._fn.namespace == "effnet_triton":
-            return self._fn(*args, self.w_sum)
+        if getattr(self._fn, "namespace", None) == "effnet_triton":
+            return self._fn(*args, buf["w_sum"])
         return self._fn(*args)
 
     def extra_repr(self) -> str:
@@ -126,8 +136,17 @@ class QuantizedDWConv(_QOut):
         return list(checks.dw_geometry(x.shape[-2], x.shape[-1], k, self.stride, pads, self.op))
 
     def forward(self, x: Tensor, return_pool: bool = False):
-        checks.nhwc(x, self.op, dtypes=checks.INT8)
-        y, pool = self._fn(x, self.weight, self.scale, self.bias, self.stride, self._pads(x),
+        buf = self._buffers
+        w = buf["weight"]
+        if not input_ok(x, w, w.shape[0]):
+            x = as_nhwc(x)  # raises below
+            checks.nhwc(x, self.op, dtypes=checks.INT8)
+            if x.shape[1] != w.shape[0]:
+                raise ValueError(f"{self.op}: x has {x.shape[1]} channels, the layer "
+                                 f"{w.shape[0]}")
+            checks.same_device(x, w.device, self.op, "x", "the layer")
+        x = x.contiguous(memory_format=torch.channels_last)
+        y, pool = self._fn(x, w, buf["scale"], buf["bias"], self.stride, self._pads(x),
                            self._in[1], self._out_inv, self._out[1], self.act, return_pool)
         return (y, pool) if return_pool else y
 
