@@ -20,7 +20,7 @@ DEV = "cuda" if HAS_GPU else "cpu"  # where the Triton tests run (interpreter on
 CL = torch.channels_last
 ACTS = ["silu", "relu6", "relu", "identity"]
 # Per-channel gains of make_x: small, unit, and large enough to push pre-activations past ±6.
-GAINS = (0.25, 1.0, 4.0, 8.0)
+GAINS = (0.5, 1.0, 3.0, 6.0)
 # Outputs with at least this many values must reach ReLU6's two clamps (0 and 6).
 CLAMP_CHECK_MIN_VALUES = 256
 

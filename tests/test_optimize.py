@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import effnet_kernels as ek
-from conftest import rel_err
+from helpers import rel_err
 from effnet_kernels import ops, registry
 from effnet_kernels.nn import FusedDWConvBNAct, PointwiseConvBNAct, SqueezeExcite
 from effnet_kernels.optimize import FusedEfficientNet, FusedMBConv, op_backends
