@@ -137,6 +137,7 @@ def _run_with_env(value: str, code: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_environment_variable():
     """EFFNET_CPU_ISA picks the level; an invalid value is a ValueError naming the variable at
     the first kernel call, and set_cpu_isa still works after it."""

