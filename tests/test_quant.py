@@ -210,9 +210,11 @@ def _mean_by_type(rows):
 
 def test_b0_sqnr_per_layer_type(b0_small):
     """B0 (SE + SiLU) with random weights and data BN statistics: every layer type's own SQNR
-    (its int8 output vs the float layer on the same input) and the logits'. Floors are set a
-    few dB under what this configuration measured (numbers in benchmarks/results/
-    int8_accuracy.md: ~33-42 dB per layer type, ~16-18 dB logits at 224)."""
+    (its int8 output vs the float layer on the same input) and the logits', on three strongly
+    differing samples. Floors: what this configuration measures (stem 40.0, expand 33.8, dw 31.6,
+    project 30.1, dw_pool 45.3, head_pool 42.9, logits 4.8 dB; the logits of a random B0 on
+    such samples amplify the noise) minus ~1 dB, so that a rounding bias of +0.25 LSB in
+    reference.requantize (which measures 37.6, 31.7, 29.6, 28.2, 39.8, 37.8, 3.4 dB) fails."""
     m, f, calib = b0_small
     # every layer in int8, the first depthwise conv and the stem output included
     q = quant.quantize(f, calib, backend="torch", method="mse", max_samples=1 << 14,
@@ -221,11 +223,10 @@ def test_b0_sqnr_per_layer_type(b0_small):
     rows = analysis.layer_sqnr(q, f, x)
     by = _mean_by_type(rows)
     assert set(by) == {"stem", "expand", "dw", "dw_pool", "project", "head_pool", "logits"}
-    for t in ("stem", "expand", "dw", "project"):
-        assert by[t] > 27.0, (t, by)
-    for t in ("dw_pool", "head_pool"):
-        assert by[t] > 33.0, (t, by)
-    assert by["logits"] > 10.0, by
+    floors = {"stem": 38.5, "expand": 32.5, "dw": 30.5, "project": 29.0, "dw_pool": 44.0,
+              "head_pool": 41.5, "logits": 4.0}
+    for t, floor in floors.items():
+        assert by[t] > floor, (t, by)
     assert all(math.isfinite(r["sqnr_db"]) for r in rows)
 
 
@@ -301,9 +302,10 @@ def test_lite0_int8_accuracy_on_held_out_crops():
 
 
 # Measured with this exact configuration (seeds fixed, the integer reference is deterministic):
-# agreement 0.953 (61 / 64 crops), top-5 overlap 0.947, logit SQNR 24.6 dB (22.3 dB with the
-# first depthwise conv in int8 too). Floors: one or two more flips, ~2 dB.
-AGREE_FLOOR, TOP5_FLOOR, SQNR_FLOOR = 0.92, 0.91, 22.5
+# agreement 0.984 (63 / 64 crops), top-5 overlap 0.953, logit SQNR 24.6 dB. Floors: one more
+# flip, ~1 dB; a rounding bias of +0.25 LSB in reference.requantize (0.906, 0.903, 17.3 dB)
+# fails all three.
+AGREE_FLOOR, TOP5_FLOOR, SQNR_FLOOR = 0.96, 0.94, 23.5
 
 
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
