@@ -140,6 +140,7 @@ def test_fused_block_matches_mbconv(backend, name, padding, s, j):
     stronger SE (fc1 ×4), so each sample's SE gate differs (by ~0.05–0.3): the end-to-end logits
     of a random-init model barely depend on the deep gates (they sit near sigmoid(b2) and are
     almost equal across samples), so a gate applied to the wrong sample is caught here."""
+    torch.manual_seed(30)  # the weights: independent of the tests that ran before
     m = randomize(ek.create_model(name, padding_mode=padding), 30).eval()
     blk = m.blocks[s][j]
     if blk.se is not None:
