@@ -21,6 +21,7 @@ import effnet_kernels as ek
 from effnet_kernels import bench
 from effnet_kernels.bench import baselines, cli, intmm, runner, timing
 from effnet_kernels.models.efficientnet import CONFIGS, ConvBNAct, EfficientNet
+from helpers import sqnr_db
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG_PARENT = str(Path(ek.__file__).resolve().parents[1])  # the effnet_kernels this test imports
@@ -148,6 +149,7 @@ def _bench_cli(*args, timeout=240):
                           check=False)
 
 
+@pytest.mark.slow
 def test_cli_bench_end_to_end_with_the_cpu_peers(tmp_path):
     """Tiny CPU run: eager, ONNX Runtime, OpenVINO and ours at fp32 and bf16, 3 rounds."""
     out, png = tmp_path / "r.json", tmp_path / "r.png"
@@ -323,6 +325,7 @@ def _pytest(*args, **env):
                           check=False)
 
 
+@pytest.mark.slow
 def test_benchmark_suite_collects():
     r = _pytest("benchmarks", "--collect-only", "-q", EFFNET_BENCH_CPU="1")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -335,6 +338,7 @@ def test_benchmark_suite_collects():
         in ids
 
 
+@pytest.mark.slow
 def test_benchmark_case_records_bytes_and_bandwidth(tmp_path):
     out = tmp_path / "b.json"
     r = _pytest("benchmarks/bench_dwconv.py", "--benchmark-only", f"--benchmark-json={out}",
@@ -355,6 +359,7 @@ def test_benchmark_case_records_bytes_and_bandwidth(tmp_path):
 
 
 # ----------------------------------------------------------------------------- int8
+@pytest.mark.slow
 def test_cli_bench_int8_on_the_cpu(tmp_path):
     """``--dtype int8``: ours (the integer reference on the CPU) and the torch._int_mm baseline,
     plus the fp32 rows they are compared with, which were not asked for."""
@@ -395,11 +400,6 @@ def _with_data_bn(m, res: int, seed: int = 0):
     return bn_stats_from_random_data(m, res, batches=2, seed=seed)
 
 
-def _sqnr(ref, test):
-    return float(10 * ((ref.double() ** 2).sum() / ((ref.double() - test.double()) ** 2).sum())
-                 .log10())
-
-
 def test_int8_intmm_baseline_matches_the_float_model():
     import torch
     import torch.nn.functional as F
@@ -427,7 +427,7 @@ def test_int8_intmm_baseline_matches_the_float_model():
             y = conv(a.contiguous(memory_format=torch.channels_last))
             assert conv.last_path == "int_mm"
             assert y.is_contiguous(memory_format=torch.channels_last)
-            assert _sqnr(o, y) > 25, (conv, _sqnr(o, y))  # 27-40 dB measured
+            assert sqnr_db(o, y) > 25, (conv, sqnr_db(o, y))  # 27-40 dB measured
         y = q(x.contiguous(memory_format=torch.channels_last))
     assert bench.intmm_paths(q) == {"int_mm": 32, "conv2d": 0}
     # end to end: a random network amplifies the int8 noise by ~3 dB per stage (12 dB at the
@@ -437,7 +437,7 @@ def test_int8_intmm_baseline_matches_the_float_model():
     with torch.no_grad():
         h_f = f.blocks[:2](f.stem(x))
         h_q = q.blocks[:2](q.stem(x.contiguous(memory_format=torch.channels_last)))
-    assert _sqnr(h_f, h_q) > 20
+    assert sqnr_db(h_f, h_q) > 20
 
 
 def test_int8_intmm_fallback_rules(monkeypatch):

@@ -48,6 +48,7 @@ def test_ops_registered_in_dispatcher():
         assert torch._C._dispatch_has_kernel_for_dispatch_key("effnet::bias_act", "CUDA")
 
 
+@pytest.mark.slow
 def test_cli_info_runs():
     r = subprocess.run([sys.executable, "-P", "-m", "effnet_kernels", "info"], capture_output=True,
                        text=True, timeout=120, cwd=ROOT)

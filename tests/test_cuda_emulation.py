@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_to_ref, rel_err
 from effnet_kernels import ops, reference
-from test_quant_cuda import CASES as INT8_CASES
-from test_quant_cuda import assert_matches, make as make_int8
+from helpers import assert_close_to_ref, rel_err
+from test_dwconv_int8 import CASES as INT8_CASES
+from test_dwconv_int8 import assert_matches, make as make_int8
 
 pytestmark = [
     pytest.mark.slow,

@@ -49,6 +49,7 @@ def check_out_dir(out: Path) -> dict:
     return summary
 
 
+@pytest.mark.slow
 def test_hung_step_ends_by_the_deadline(tmp_path):
     deadline = 50
     r, wall = run_check(tmp_path, 120, EFFNET_GPU_CHECK_DEADLINE=str(deadline),
@@ -72,6 +73,7 @@ def test_hung_step_ends_by_the_deadline(tmp_path):
     assert "hanging" in log
 
 
+@pytest.mark.slow
 def test_failed_build_skips_the_rest(tmp_path):
     """The build did not run (budget 0): every later step is recorded as skipped, and the
     commit comes from git (or the commit file, when one is there)."""
@@ -92,6 +94,7 @@ def test_failed_build_skips_the_rest(tmp_path):
     assert r.returncode == 1, r.stdout[-3000:]  # no build: the check failed
 
 
+@pytest.mark.slow
 def test_bad_arguments(tmp_path):
     r = subprocess.run(["bash", str(SCRIPT), str(tmp_path), "--dry-run"], capture_output=True,
                        text=True, timeout=30)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import rel_err
+from helpers import rel_err
 from effnet_kernels import ops
 from effnet_kernels.models.efficientnet import ConvBNAct
 from effnet_kernels.nn import FusedDWConvBNAct, fold_bn

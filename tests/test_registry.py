@@ -6,9 +6,8 @@ import torch
 
 import effnet_kernels as ek
 from effnet_kernels import ops, registry
+from helpers import needs_ext, needs_triton
 
-needs_ext = pytest.mark.skipif(not ops.extension_available(), reason="effnet_kernels._C not built")
-needs_triton = pytest.mark.skipif(not registry.triton_importable(), reason="triton not installed")
 
 
 @needs_ext

@@ -27,9 +27,10 @@ def _ptxas_works() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _ptxas_works(),
-                                reason=f"Triton's bundled ptxas ({PTXAS}) is absent or does "
-                                "not run here")
+pytestmark = [pytest.mark.slow,  # subprocesses compiling Triton kernels
+              pytest.mark.skipif(not _ptxas_works(),
+                                 reason=f"Triton's bundled ptxas ({PTXAS}) is absent or does "
+                                 "not run here")]
 
 
 def _run(args, cwd=ROOT):
