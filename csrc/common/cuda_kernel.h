@@ -82,4 +82,13 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE DwCoords dw_coords(int64_t bid, int64_t chunks
   return c;
 }
 
+// Output rows per band of a depthwise grid of (N x bands x chunks) blocks: enough bands that the
+// grid fills the GPU about 4 times over when N is small, at most Ho, at most `max_rows`.
+inline int64_t dw_rows_per_band(int64_t N, int64_t Ho, int64_t chunks, int sm_count,
+                                int64_t max_rows) {
+  const int64_t per_band = N * chunks;
+  const int64_t bands = std::clamp<int64_t>((4LL * sm_count + per_band - 1) / per_band, 1, Ho);
+  return std::max<int64_t>(1, std::min<int64_t>((Ho + bands - 1) / bands, max_rows));
+}
+
 }  // namespace effnet

@@ -60,10 +60,7 @@ inline DwPlan make_dw_plan(const DwShape& s, size_t elem_size, const void* x, in
   p.RW = std::max(1, 256 / p.CT);
   p.chunks = (cv + p.CT - 1) / p.CT;
   // Enough blocks to fill the GPU a few times over; bands split a sample's rows when N is small.
-  const int64_t target = 4LL * sm_count;
-  const int64_t per_band = s.N * p.chunks;
-  p.bands = std::clamp<int64_t>((target + per_band - 1) / per_band, 1, s.Ho);
-  p.rows_per_band = (s.Ho + p.bands - 1) / p.bands;
+  p.rows_per_band = dw_rows_per_band(s.N, s.Ho, p.chunks, sm_count, s.Ho);
   p.bands = (s.Ho + p.rows_per_band - 1) / p.rows_per_band;
   p.pool_scale = p.bands == 1 ? 1.0f / static_cast<float>(s.Ho * s.Wo) : 1.0f;
   TORCH_CHECK(s.N * p.bands * p.chunks < (1LL << 31), "effnet::dwconv_bias_act: too many blocks");

@@ -86,14 +86,9 @@ inline Plan make_plan(const QDwShape& s, const void* x, const void* y, int sm_co
   p.RW = std::max(1, 256 / p.CT);
   p.chunks = (cv + p.CT - 1) / p.CT;
   // Enough blocks to fill the GPU a few times over; bands split a sample's rows when N is small.
-  const int64_t target = 4LL * sm_count;
-  const int64_t per_band = s.N * p.chunks;
-  p.bands = std::clamp<int64_t>((target + per_band - 1) / per_band, 1, s.Ho);
-  p.rows_per_band = (s.Ho + p.bands - 1) / p.bands;
   // The kernel counts a band's items (rows x strips of >= 1 pixel) in 32 bits and steps the
   // counter by up to a block's size (<= 1024) past the last item: keep that headroom.
-  p.rows_per_band = std::min<int64_t>(p.rows_per_band,
-                                      std::max<int64_t>(1, (INT32_MAX - 1024) / s.Wo));
+  p.rows_per_band = dw_rows_per_band(s.N, s.Ho, p.chunks, sm_count, (INT32_MAX - 1024) / s.Wo);
   p.bands = (s.Ho + p.rows_per_band - 1) / p.rows_per_band;
   p.pool_scale = p.bands == 1 ? 1.0f / static_cast<float>(s.Ho * s.Wo) : 1.0f;
   return p;
