@@ -83,8 +83,8 @@ def test_cpu_kernel_registered_in_cpp():
 @needs_ext
 def test_cpu_opcheck():
     g = torch.Generator().manual_seed(11)
-    for xq in (torch.randn(3, 37, 5, 5).contiguous(memory_format=CL), torch.randn(7, 37),
-               torch.randn(1, 3, 5, 7)):
+    for xq in (torch.randn(3, 37, 5, 5, generator=g).contiguous(memory_format=CL),
+               torch.randn(7, 37, generator=g), torch.randn(1, 3, 5, 7, generator=g)):
         torch.library.opcheck(torch.ops.effnet.quantize_per_tensor, (xq, 12.5, -3))
 
 

@@ -12,7 +12,14 @@ from torch import Tensor, nn
 
 from .. import reference
 from ..optimize import FusedEfficientNet
-from .calibration import dequantize_weight, int8_layers, qparams_from_range, quantize_weight, sqnr_db
+from .calibration import (
+    dequantize_weight,
+    fake_quant,
+    int8_layers,
+    qparams_from_range,
+    quantize_weight,
+    sqnr_db,
+)
 from .modules import QuantizedEfficientNet
 
 
@@ -183,7 +190,7 @@ def float_kept_sqnr(f: FusedEfficientNet, calib: Tensor, x: Tensor,
         return t
 
     def fake(key: str, t: Tensor) -> Tensor:
-        return _fake_quant(t.float(), *ranges[key]).to(t.dtype)
+        return fake_quant(t.float(), *ranges[key]).to(t.dtype)
 
     def deq(w: Tensor) -> Tensor:
         return dequantize_weight(*quantize_weight(w)).to(w.dtype)

@@ -98,7 +98,7 @@ class _Observer:
         raise ValueError(f"unknown calibration method {method!r}; expected one of {METHODS}")
 
 
-def _fake_quant(v: Tensor, lo: float, hi: float) -> Tensor:
+def fake_quant(v: Tensor, lo: float, hi: float) -> Tensor:
     scale, zp = qparams_from_range(lo, hi)
     q = torch.floor(v * (1.0 / scale) + 0.5).add_(zp).clamp_(-128, 127)
     return (q - zp) * scale
@@ -116,7 +116,7 @@ def _mse_range(s: Tensor, lo: float, hi: float, steps: int = 40,
     fracs = torch.linspace(0.2, 1.0, steps, dtype=torch.float64).tolist()
 
     def err(a, b):
-        return (s - _fake_quant(s, a, b)).pow(2).sum().item()
+        return (s - fake_quant(s, a, b)).pow(2).sum().item()
 
     best_hi = min((hi * f for f in fracs), key=lambda b: err(lo, b)) if hi > 0 else hi
     best_lo = min((lo * f for f in fracs), key=lambda a: err(a, best_hi)) if lo < 0 else lo
