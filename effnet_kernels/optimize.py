@@ -80,7 +80,9 @@ from .nn import (
     PointwiseConvBNAct,
     SqueezeExcite,
     act_name,
+    call,
     fold_bn,
+    run_sequential,
 )
 
 __all__ = ["optimize", "op_backends", "FUSED_OPS", "FusedEfficientNet", "FusedMBConv", "FusedStem",
@@ -166,12 +168,12 @@ class FusedMBConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         m = self._modules  # one dict read per part (no nn.Module.__getattr__)
         expand, dw, se, project = m.get("expand"), m["dw"], m.get("se"), m["project"]
-        h = x if expand is None else expand(x)
+        h = x if expand is None else call(expand, x)
         res = x if self.use_residual else None
         if se is None:
-            return project(dw(h), residual=res)
-        y, pool = dw(h, return_pool=True)
-        return project(y, gate=se.gate(pool), residual=res)
+            return call(project, call(dw, h), residual=res)
+        y, pool = call(dw, h, return_pool=True)
+        return call(project, y, gate=se.gate(pool), residual=res)
 
     def extra_repr(self) -> str:
         return f"use_residual={self.use_residual}, num_kernels={self.num_kernels}"
@@ -292,9 +294,9 @@ class FusedEfficientNet(nn.Module):
             # The one layout change (and the cast to the model's dtype), a no-op when x
             # already is channels_last in that dtype.
             x = x.to(self.dtype, memory_format=torch.channels_last)
-            x = self.blocks(self.stem(x))
-            pool = self.head(x, pool_only=True)  # float32 (N, C_head)
-            return self.classifier(pool.to(self.dtype))
+            x = run_sequential(self.blocks, call(self.stem, x))
+            pool = call(self.head, x, pool_only=True)  # float32 (N, C_head)
+            return call(self.classifier, pool.to(self.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.cuda_graph and not torch.compiler.is_compiling():
