@@ -73,8 +73,8 @@ def cmd_demo(args) -> int:
         q = ek.quantize(fused, list(calib.split(12)), backend="auto")
         print(f"INT8: ek.quantize calibrated on {len(calib)} random crops of "
               f"{len(data.CALIBRATION_IMAGES)} scikit-image pictures; int8 ops on "
-              f"{q.backends['pointwise_int8']!r} (on the CPU: exact C++ ports of the integer "
-              "reference, not yet fast kernels)")
+              f"{q.backends['pointwise_int8']!r} (on the CPU the exact integer arithmetic, "
+              "not yet fast int8 kernels)")
     print(f"EfficientNet-Lite0, real ImageNet weights, on CPU ({torch.get_num_threads()} threads): "
           f"eager PyTorch vs ek.optimize (backends {fused.backends})")
 

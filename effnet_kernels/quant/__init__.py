@@ -49,7 +49,8 @@ Backends (resolved once, per op, by ``effnet_kernels.registry``; ``q.backends``)
 the exact integer reference (the oracle); ``"cpu"`` the C++ CPU kernels where the build has them;
 ``"triton"`` runs the int8 ops in Triton; ``"cuda"`` runs ``dwconv_int8`` in CUDA and the ops
 without a CUDA kernel in Triton (stated in ``q.substitutions``); ``"auto"``: cuda → triton on a
-GPU, cpu → torch on the CPU.
+GPU; on the CPU the float parts on the C++ kernels and the int8 ops on the reference, which is
+faster than their exact C++ ports for now (``registry._AUTO_ORDER_FOR``).
 
 Package layout: ``calibration`` (int8 grid, observers, range choices, bias correction, the
 calibration pass), ``modules`` (the int8 modules and model), ``builder`` (``quantize``,
