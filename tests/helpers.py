@@ -291,3 +291,12 @@ def assert_int8_close(y, ref, act, exact_unless_silu=True, min_levels=0):
     assert d.max().item() <= 1, f"max |y - ref| = {d.max().item()} LSB"
     flips = int((d > 0).sum())
     assert flips <= max(1, 1e-3 * y.numel()), f"{flips} of {y.numel()} values off by 1 LSB"
+
+
+def assert_cpu_kernel_from(op: str, source: str) -> None:
+    """effnet::<op>'s CPU kernel is the C++ one registered in ``source`` (libtorch users get
+    it), not a Python registration."""
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"effnet::{op}", "CPU")
+    dump = torch._C._dispatch_dump(f"effnet::{op}")
+    cpu = [line for line in dump.splitlines() if line.startswith("CPU")]
+    assert len(cpu) == 1 and source in cpu[0], dump

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from effnet_kernels import ops, reference
-from helpers import (ACTS, CL, DEV, assert_int8_close, assert_pool_close, needs_ext,
-                     needs_triton, q8)
+from helpers import (
+    ACTS, CL, DEV, assert_cpu_kernel_from, assert_int8_close, assert_pool_close, needs_ext,
+    needs_triton, q8)
 
 try:
     from effnet_kernels.triton import quant as tq
@@ -204,11 +205,7 @@ def test_cpu_bad_input():
 @needs_ext
 def test_cpu_kernel_registered_in_cpp():
     """The CPU kernel is the C++ one (libtorch users get it), not a Python registration."""
-    op, source = "pointwise_int8", "pointwise_int8_cpu.cpp"
-    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"effnet::{op}", "CPU")
-    dump = torch._C._dispatch_dump(f"effnet::{op}")
-    cpu = [line for line in dump.splitlines() if line.startswith("CPU")]
-    assert len(cpu) == 1 and source in cpu[0], dump
+    assert_cpu_kernel_from("pointwise_int8", "pointwise_int8_cpu.cpp")
 
 
 @needs_ext
