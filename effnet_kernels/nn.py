@@ -144,6 +144,23 @@ class BoundOp(nn.Module):
         backend it resolved to on the first device."""
         self._requested = (backend, substitute)
 
+    def __getstate__(self):
+        # pickle / deepcopy: the bound operator is a handle, not data (pybind functions do not
+        # pickle); __setstate__ binds the same backend again.
+        state = self.__dict__.copy()
+        state.pop("_fn", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        ref = next(iter(self._buffers.values()), None)
+        if ref is None or "backend" not in state:
+            return
+        try:
+            self._fn = registry.bind(self.op, self.backend, ref.device).fn
+        except RuntimeError as e:  # e.g. unpickled where that backend is missing
+            self._fn = _raiser(f"{self.op} (unpickled): {e}")
+
     def _apply(self, fn, recurse: bool = True):
         out = super()._apply(fn, recurse)
         device = next(self.buffers(), None)

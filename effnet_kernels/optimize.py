@@ -72,13 +72,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops, reference, registry
+from . import cpu_engine, ops, reference, registry
 from .models.efficientnet import ConvBNAct, EfficientNet, MBConv
 from .nn import (
     BoundOp,
     FusedDWConvBNAct,
     PointwiseConvBNAct,
     SqueezeExcite,
+    _hooked,
     act_name,
     call,
     fold_bn,
@@ -232,8 +233,16 @@ class FusedEfficientNet(nn.Module):
         self.cuda_graph = bool(cuda_graph)
         self._graphs: OrderedDict = OrderedDict()
         super().train(False)
+        #: run CPU forwards through the C++ engine when it can (see effnet_kernels.cpu_engine)
+        self.use_cpu_engine = True
+        self._cpu_engine = None
+        self._cpu_engine_reason: str | None = None
+        self._cpu_engine_stale = True
+        self._hook_modules: list[nn.Module] | None = None
+        self.register_load_state_dict_post_hook(_engine_stale_hook)
 
     def _apply(self, fn, recurse: bool = True):
+        self._cpu_engine_stale = True  # new weights (device / dtype): rebuilt at next forward
         out = super()._apply(fn, recurse)  # the BoundOp modules bind again on a new device
         for m in self.modules():
             if isinstance(m, BoundOp) and m.op in self.backends:
@@ -301,7 +310,45 @@ class FusedEfficientNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.cuda_graph and not torch.compiler.is_compiling():
             return self._forward_graphed(x)
+        engine = self._engine_for(x)
+        if engine is not None:
+            return engine.forward(x)
         return self.forward_eager(x)
+
+    # -- the C++ CPU engine (effnet_kernels.cpu_engine)
+    @property
+    def cpu_engine(self) -> str:
+        """Which CPU forward runs: the engine's description, or why the per-op path runs."""
+        if self._cpu_engine_stale:
+            self.refresh_cpu_engine()
+        if not self.use_cpu_engine:
+            return "off (use_cpu_engine=False): per-op path"
+        if self._cpu_engine is None:
+            return f"off ({self._cpu_engine_reason}): per-op path"
+        return self._cpu_engine.describe()
+
+    def refresh_cpu_engine(self) -> None:
+        """Rebuild the engine from the current buffers (after editing them in place)."""
+        self._cpu_engine, self._cpu_engine_reason = cpu_engine.build(self)
+        self._cpu_engine_stale = False
+        self._hook_modules = list(self.modules())
+
+    def _engine_for(self, x):
+        """The engine when this forward can run on it: plain CPU float input, no hooks, not
+        traced, the AVX-512 ISA level active; else None (the per-op path, which also raises
+        the input errors)."""
+        if not self.use_cpu_engine or torch.compiler.is_compiling():
+            return None
+        if self._cpu_engine_stale:
+            self.refresh_cpu_engine()
+        eng = self._cpu_engine
+        if eng is None or not (isinstance(x, Tensor) and x.device.type == "cpu"
+                               and x.dim() == 4 and x.is_floating_point() and x.numel() > 0
+                               and x.shape[1] == self.stem.weight.shape[1]):
+            return None
+        if any(_hooked(m) for m in self._hook_modules) or not cpu_engine.isa_allows():
+            return None
+        return eng
 
     # -- CUDA graphs
     def _capture(self, x: Tensor) -> _Graph:
@@ -349,7 +396,14 @@ class FusedEfficientNet(nn.Module):
         # copy.deepcopy / pickle: captured graphs are not copyable; a copy re-captures.
         state = self.__dict__.copy()
         state["_graphs"] = OrderedDict()
+        state["_cpu_engine"], state["_cpu_engine_stale"] = None, True  # rebuilt on first use
+        state["_hook_modules"] = None
         return state
+
+
+def _engine_stale_hook(module: FusedEfficientNet, incompatible_keys) -> None:
+    """load_state_dict post hook: the engine's packed weights are out of date."""
+    module._cpu_engine_stale = True
 
 
 # ----------------------------------------------------------------------------- building

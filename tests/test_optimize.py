@@ -360,6 +360,7 @@ def test_dispatched_ops_b0():
     """One forward dispatches exactly: the input cast/layout change, the stem conv, one
     bias_act, per block its fused ops, the head pointwise (pool_only), the classifier."""
     f = ek.optimize(make_ek("efficientnet_b0"), backend="cpu")
+    f.use_cpu_engine = False  # the per-op path (the C++ engine is one call: test_cpu_engine.py)
     for x in (torch.randn(2, 3, 35, 29),
               torch.randn(2, 3, 35, 29).contiguous(memory_format=torch.channels_last)):
         c = count_ops(f, x)

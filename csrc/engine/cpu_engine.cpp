@@ -1,0 +1,602 @@
+// The CPU engine: a whole fused EfficientNet forward in C++ (torch.classes.effnet.CpuEngine).
+//
+// Built once from a FusedEfficientNet's folded weights (effnet_kernels/cpu_engine.py encodes
+// them: see `CpuEngine(tensors, ints)` below), it prepacks every 1x1 conv / linear weight into
+// the panel layout of the AVX-512 GEMM (engine_kernels.h), transposes the depthwise weights to
+// [k*k][C], and runs the forward on NHWC buffers it owns:
+//   stem: k x k conv as a per-row im2col + GEMM (+ bias + act)
+//   per MBConv: [expand GEMM + act] -> depthwise + act + SE row sums -> [SE: pool, fc1 + SiLU,
+//               fc2 + sigmoid on the pooled rows; the gate scales the depthwise output in place
+//               or, when that is cheaper (HW > Cout), is folded into a per-sample copy of the
+//               projection's packed weights] -> project GEMM (+ residual)
+//   head GEMM + act -> mean pool -> classifier GEMM -> logits.
+// No Python, no dispatcher and no allocation per layer: the activations live in a workspace
+// kept per input shape (a mutex serialises concurrent forwards of one engine). Each layer is
+// spread over at::parallel_for (so torch.set_num_threads is respected, and nothing else runs
+// threads at the same time). float32, or bfloat16 activations/weights with float32
+// accumulation (the SE FCs stay float32). Needs AVX-512 (bf16: AVX512_BF16).
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine_kernels.h"
+
+namespace effnet::engine {
+namespace {
+
+EAct act_from(int64_t code) {
+  TORCH_CHECK_VALUE(code >= 0 && code <= 4, "CpuEngine: bad activation code ", code);
+  return static_cast<EAct>(code);
+}
+
+// Geometry of a k x k conv: padding mode 0 symmetric ((k-1)/2), 1 TF "same" (from the input
+// size), 2 explicit (left, right, top, bottom).
+struct Geo {
+  int k = 1, s = 1, mode = 0, l = 0, r = 0, t = 0, b = 0;
+  // (top, left, OH, OW) for an H x W input.
+  void out(int64_t H, int64_t W, int64_t* pt, int64_t* pl, int64_t* OH, int64_t* OW) const {
+    int64_t pads[4] = {l, r, t, b};
+    if (mode == 0) {
+      for (auto& p : pads) p = (k - 1) / 2;
+    } else if (mode == 1) {
+      const int64_t tw = std::max<int64_t>(((W + s - 1) / s - 1) * s + k - W, 0);
+      const int64_t th = std::max<int64_t>(((H + s - 1) / s - 1) * s + k - H, 0);
+      pads[0] = tw / 2, pads[1] = tw - tw / 2, pads[2] = th / 2, pads[3] = th - th / 2;
+    }
+    *pl = pads[0], *pt = pads[2];
+    *OH = (H + pads[2] + pads[3] - k) / s + 1;
+    *OW = (W + pads[0] + pads[1] - k) / s + 1;
+    TORCH_CHECK_VALUE(H + pads[2] + pads[3] >= k && W + pads[0] + pads[1] >= k,
+                      "CpuEngine: a ", k, "x", k, " conv gets an input of ", H, "x", W,
+                      " (too small)");
+  }
+};
+
+struct Linear {  // a packed 1x1 conv / linear layer
+  at::Tensor packed, bias;
+  int64_t K = 0, N = 0;
+  DT dt = DT::F32;
+  EAct act = EAct::Identity;
+};
+
+struct Depthwise {
+  at::Tensor w, bias;  // float32 [k*k][round16(C)], [round16(C)]
+  int64_t C = 0;
+  Geo geo;
+  EAct act = EAct::Identity;
+};
+
+struct Block {
+  bool has_expand = false, has_se = false, residual = false;
+  Linear expand, fc1, fc2, project;
+  Depthwise dw;
+};
+
+Linear make_linear(const at::Tensor& w, const at::Tensor& b, DT dt, EAct act, const char* what) {
+  TORCH_CHECK_VALUE(w.dim() >= 2 && b.dim() == 1 && b.size(0) == w.size(0), "CpuEngine: ", what,
+                    ": weight (N, K, ...) and bias (N,) expected");
+  Linear L;
+  L.N = w.size(0);
+  L.K = w.numel() / std::max<int64_t>(L.N, 1);
+  L.dt = dt;
+  L.act = act;
+  TORCH_CHECK_VALUE(dt == DT::F32 || L.K % 2 == 0, "CpuEngine: ", what,
+                    ": bfloat16 needs an even number of input channels, got ", L.K);
+  const at::Tensor wf = w.detach().to(at::kFloat).reshape({L.N, L.K}).contiguous();
+  L.packed = at::empty({packed_elems(L.K, L.N)},
+                       at::TensorOptions().dtype(dt == DT::F32 ? at::kFloat : at::kBFloat16));
+  pack_weights(wf.data_ptr<float>(), L.N, L.K, dt, L.packed.data_ptr());
+  L.bias = at::zeros({round16(L.N)}, at::kFloat);
+  L.bias.narrow(0, 0, L.N).copy_(b.detach().to(at::kFloat));
+  return L;
+}
+
+Depthwise make_dw(const at::Tensor& w, const at::Tensor& b, Geo geo, EAct act) {
+  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(1) == 1 && w.size(2) == geo.k && w.size(3) == geo.k &&
+                        b.dim() == 1 && b.size(0) == w.size(0),
+                    "CpuEngine: depthwise weight (C, 1, k, k) and bias (C,) expected");
+  TORCH_CHECK_VALUE(geo.k <= kDwMaxK, "CpuEngine: depthwise kernels up to ", kDwMaxK, "x",
+                    kDwMaxK, ", got ", geo.k);
+  Depthwise d;
+  d.C = w.size(0);
+  d.geo = geo;
+  d.act = act;
+  const int64_t Cp = round16(d.C), kk = int64_t{geo.k} * geo.k;
+  d.w = at::zeros({kk, Cp}, at::kFloat);
+  d.w.narrow(1, 0, d.C).copy_(w.detach().to(at::kFloat).reshape({d.C, kk}).t());
+  d.bias = at::zeros({Cp}, at::kFloat);
+  d.bias.narrow(0, 0, d.C).copy_(b.detach().to(at::kFloat));
+  return d;
+}
+
+// Runs [0, n) of `fn(begin, end)` over ATen's threads; serially when the work is small.
+template <typename F>
+void parallel(int64_t n, int64_t grain, const F& fn) {
+  if (n <= 0) return;
+  at::parallel_for(0, n, std::max<int64_t>(grain, 1), fn);
+}
+
+void run_gemm(const GemmArgs& g) {
+  const int64_t tiles = gemm_tiles(g);
+  // ~8 x 32 x K MACs a tile; below ~64 K MACs of work a chunk is not worth a thread.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(256 * g.K, 1));
+  parallel(tiles, grain, [&](int64_t b, int64_t e) { gemm_range(g, b, e); });
+}
+
+size_t dt_size(DT dt) { return dt == DT::F32 ? 4 : 2; }
+
+// A block's expand + depthwise run fused (run_fused) when its expanded tensor, per sample, is at
+// least this large (it would not stay in L2 between the two passes); smaller ones run as two
+// whole-tensor passes, which parallelise better on few rows (no halo rows recomputed).
+// CpuEngine.set_fuse_bytes changes it (tests force both paths).
+constexpr int64_t kFuseBytes = 1 << 20;
+
+// One output row's im2col for the stem: col[ow][(kh*k + kw)*Ci + ci] = x[ih0 + kh][ow*s - pl +
+// kw][ci], zero outside the image and in the padding column(s) up to Kp.
+template <typename T>
+void im2col_row(const T* x, int64_t H, int64_t W, int64_t Ci, int k, int s, int64_t ih0,
+                int64_t pl, int64_t OW, int64_t Kp, T* col) {
+  for (int64_t ow = 0; ow < OW; ++ow) {
+    T* c = col + ow * Kp;
+    const int64_t iw0 = ow * s - pl;
+    const bool cols_in = iw0 >= 0 && iw0 + k <= W;
+    for (int kh = 0; kh < k; ++kh) {
+      const int64_t ih = ih0 + kh;
+      const bool row_in = ih >= 0 && ih < H;
+      const T* xr = x + (ih * W + iw0) * Ci;
+      if (row_in && cols_in) {  // the k x Ci taps of this row are contiguous in NHWC
+        std::memcpy(c, xr, sizeof(T) * k * Ci);
+        c += k * Ci;
+        continue;
+      }
+      for (int kw = 0; kw < k; ++kw) {
+        const bool in = row_in && iw0 + kw >= 0 && iw0 + kw < W;
+        for (int64_t ci = 0; ci < Ci; ++ci) *c++ = in ? xr[kw * Ci + ci] : T(0);
+      }
+    }
+    for (int64_t j = k * k * Ci; j < Kp; ++j) *c++ = T(0);
+  }
+}
+
+}  // namespace
+
+class CpuEngine : public torch::CustomClassHolder {
+ public:
+  // ints: [1 (format), dtype (0 float32, 1 bfloat16), blocks, stem act, head act,
+  //        stem geo (k, s, mode, l, r, t, b),
+  //        per block: has_expand, expand act, dw act, has_se, se act, residual, dw geo (7)]
+  // tensors: stem w (Cout, Cin, k, k), stem b; per block: [expand w (N, K), b], dw w (C,1,k,k),
+  //          dw b, [se w1 (S, C), b1, w2 (C, S), b2], project w, b; head w, b; classifier w, b.
+  CpuEngine(std::vector<at::Tensor> t, std::vector<int64_t> ints) {
+    TORCH_CHECK_VALUE(ints.size() >= 12 && ints[0] == 1, "CpuEngine: unknown spec format");
+    const bool bf16 = ints[1] == 1;
+    TORCH_CHECK(kernels_supported(bf16), "CpuEngine: this CPU lacks AVX-512",
+                bf16 ? " with AVX512_BF16" : "", "; use the per-op CPU kernels");
+    dt_ = bf16 ? DT::BF16 : DT::F32;
+    const int64_t nblocks = ints[2];
+    TORCH_CHECK_VALUE(nblocks >= 0 && ints.size() == 12 + static_cast<size_t>(nblocks) * 13,
+                      "CpuEngine: spec length does not match ", nblocks, " blocks");
+    size_t ii = 5, ti = 0;
+    auto geo = [&] {
+      Geo g;
+      g.k = ints[ii], g.s = ints[ii + 1], g.mode = ints[ii + 2];
+      g.l = ints[ii + 3], g.r = ints[ii + 4], g.t = ints[ii + 5], g.b = ints[ii + 6];
+      TORCH_CHECK_VALUE(g.k >= 1 && g.s >= 1 && g.mode >= 0 && g.mode <= 2,
+                        "CpuEngine: bad conv geometry");
+      ii += 7;
+      return g;
+    };
+    auto next = [&]() -> const at::Tensor& {
+      TORCH_CHECK_VALUE(ti < t.size(), "CpuEngine: too few tensors for the spec");
+      return t[ti++];
+    };
+    stem_geo_ = geo();
+    {
+      const at::Tensor& w = next();
+      const at::Tensor& b = next();
+      TORCH_CHECK_VALUE(w.dim() == 4 && w.size(2) == stem_geo_.k && w.size(3) == stem_geo_.k,
+                        "CpuEngine: stem weight (Cout, Cin, k, k) expected");
+      stem_cin_ = w.size(1);
+      // im2col column order (kh, kw, ci); bfloat16 pads K to even with a zero column.
+      const int64_t K = stem_geo_.k * stem_geo_.k * stem_cin_;
+      stem_k_ = bf16 && K % 2 ? K + 1 : K;
+      at::Tensor wk = at::zeros({w.size(0), stem_k_}, at::kFloat);
+      wk.narrow(1, 0, K).copy_(w.detach().to(at::kFloat).permute({0, 2, 3, 1}).reshape({-1, K}));
+      stem_ = make_linear(wk, b, dt_, act_from(ints[3]), "stem");
+    }
+    for (int64_t i = 0; i < nblocks; ++i) {
+      Block B;
+      B.has_expand = ints[ii] != 0;
+      const EAct ea = act_from(ints[ii + 1]), da = act_from(ints[ii + 2]);
+      B.has_se = ints[ii + 3] != 0;
+      const EAct sa = act_from(ints[ii + 4]);
+      B.residual = ints[ii + 5] != 0;
+      ii += 6;
+      const Geo dg = geo();
+      if (B.has_expand) {
+        const at::Tensor& w = next();
+        B.expand = make_linear(w, next(), dt_, ea, "expand");
+      }
+      {
+        const at::Tensor& w = next();
+        B.dw = make_dw(w, next(), dg, da);
+      }
+      if (B.has_se) {
+        const at::Tensor& w1 = next();
+        B.fc1 = make_linear(w1, next(), DT::F32, sa, "se fc1");
+        const at::Tensor& w2 = next();
+        B.fc2 = make_linear(w2, next(), DT::F32, EAct::Sigmoid, "se fc2");
+        TORCH_CHECK_VALUE(B.fc1.K == B.dw.C && B.fc2.K == B.fc1.N && B.fc2.N == B.dw.C,
+                          "CpuEngine: block ", i, ": SE widths do not match");
+      }
+      const at::Tensor& pw = next();
+      B.project = make_linear(pw, next(), dt_, EAct::Identity, "project");
+      const int64_t cin = i == 0 ? stem_.N : blocks_.back().project.N;
+      TORCH_CHECK_VALUE((B.has_expand ? B.expand.K : B.dw.C) == cin &&
+                            (!B.has_expand || B.expand.N == B.dw.C) && B.project.K == B.dw.C,
+                        "CpuEngine: block ", i, ": channel counts do not chain");
+      TORCH_CHECK_VALUE(!B.residual || (B.project.N == cin && B.dw.geo.s == 1),
+                        "CpuEngine: block ", i, ": residual needs stride 1 and equal widths");
+      blocks_.push_back(std::move(B));
+    }
+    {
+      const at::Tensor& w = next();
+      head_ = make_linear(w, next(), dt_, act_from(ints[4]), "head");
+      const at::Tensor& cw = next();
+      cls_ = make_linear(cw, next(), dt_, EAct::Identity, "classifier");
+    }
+    TORCH_CHECK_VALUE(ti == t.size(), "CpuEngine: more tensors than the spec uses");
+    const int64_t last = blocks_.empty() ? stem_.N : blocks_.back().project.N;
+    TORCH_CHECK_VALUE(head_.K == last && cls_.K == head_.N,
+                      "CpuEngine: head / classifier widths do not chain");
+  }
+
+  at::Tensor forward(const at::Tensor& x_in) {
+    TORCH_CHECK_VALUE(x_in.dim() == 4 && x_in.size(1) == stem_cin_ && x_in.is_floating_point() &&
+                          x_in.device().is_cpu(),
+                      "CpuEngine: input must be a CPU float (N, ", stem_cin_, ", H, W) tensor");
+    const auto sdt = dt_ == DT::F32 ? at::kFloat : at::kBFloat16;
+    const at::Tensor x = x_in.to(sdt).contiguous(at::MemoryFormat::ChannelsLast);
+    const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
+    at::Tensor logits = at::empty({N, cls_.N}, at::kFloat);
+    if (N == 0) return logits.to(sdt);
+    std::lock_guard<std::mutex> lock(mu_);
+    Plan& p = plan_for(N, H, W);
+    const size_t es = dt_size(dt_);
+    char* bufs[2] = {static_cast<char*>(p.io[0].data_ptr()), static_cast<char*>(p.io[1].data_ptr())};
+    char* e1 = static_cast<char*>(p.e1.data_ptr());
+    char* e2 = static_cast<char*>(p.e2.data_ptr());
+    float* psum = p.psum.data_ptr<float>();
+    float* pooled = p.pooled.data_ptr<float>();
+    float* s1 = p.s1.data_ptr<float>();
+    float* gate = p.gate.data_ptr<float>();
+
+    if (profile_) {
+      prof_names_.clear(), prof_us_.clear();
+      prof_t_ = std::chrono::steady_clock::now();
+    }
+    int64_t h = p.stem_oh, w = p.stem_ow;
+    run_stem(x, bufs[0], p);
+    mark("stem");
+    int cur = 0;
+    for (size_t bi = 0; bi < blocks_.size(); ++bi) {
+      const Block& B = blocks_[bi];
+      const Shape& sh = p.shapes[bi];
+      const int64_t rows_in = N * h * w, rows_out = N * sh.oh * sh.ow;
+      const char* in = bufs[cur];
+      char* out = bufs[1 - cur];
+      DwArgs d;
+      d.x = in, d.y = e2, d.dt = dt_, d.N = N, d.H = h, d.W = w, d.C = B.dw.C;
+      d.OH = sh.oh, d.OW = sh.ow, d.k = B.dw.geo.k, d.s = B.dw.geo.s, d.pt = sh.pt, d.pl = sh.pl;
+      d.w = B.dw.w.data_ptr<float>(), d.bias = B.dw.bias.data_ptr<float>(), d.act = B.dw.act;
+      d.psum = B.has_se ? psum : nullptr;
+      if (B.has_expand && h * w * B.dw.C * static_cast<int64_t>(es) >= fuse_bytes_) {
+        // expand + depthwise (+ project when there is no SE) in one pass over output rows
+        run_fused(B, d, in, B.has_se ? nullptr : out);
+        mark(B.has_se ? "expand_dw" : "block", bi);
+        if (!B.has_se) {
+          cur = 1 - cur, h = sh.oh, w = sh.ow;
+          continue;
+        }
+      } else {
+        if (B.has_expand) {
+          GemmArgs g;
+          g.M = rows_in, g.K = B.expand.K, g.N = B.expand.N, g.a = in, g.lda = B.expand.K;
+          g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
+          g.bias = B.expand.bias.data_ptr<float>();
+          g.y = e1, g.ldy = B.expand.N, g.y_dt = dt_, g.act = B.expand.act;
+          run_gemm(g);
+          d.x = e1;
+          mark("expand", bi);
+        }
+        const int64_t dtasks = dw_tasks(d);
+        const int64_t dgrain = std::max<int64_t>(
+            1, 16384 / std::max<int64_t>(sh.ow * B.dw.geo.k * B.dw.geo.k * 64, 1));
+        parallel(dtasks, dgrain, [&](int64_t b, int64_t e) { dw_range(d, b, e); });
+        mark("dw", bi);
+      }
+      const int64_t hw = sh.oh * sh.ow, C = B.dw.C, Cp = round16(C);
+      GemmArgs pj;
+      pj.K = B.project.K, pj.N = B.project.N, pj.lda = C, pj.b = B.project.packed.data_ptr();
+      pj.b_dt = dt_, pj.bias = B.project.bias.data_ptr<float>(), pj.ldy = pj.N, pj.y_dt = dt_;
+      pj.act = EAct::Identity;
+      if (B.has_se) {
+        pool_rows(psum, N, sh.oh, C, Cp, static_cast<float>(hw), pooled, Cp);
+        GemmArgs f1;
+        f1.M = N, f1.K = C, f1.N = B.fc1.N, f1.a = pooled, f1.lda = Cp;
+        f1.b = B.fc1.packed.data_ptr(), f1.b_dt = DT::F32, f1.bias = B.fc1.bias.data_ptr<float>();
+        f1.y = s1, f1.ldy = round16(B.fc1.N), f1.y_dt = DT::F32, f1.act = B.fc1.act;
+        run_gemm(f1);
+        GemmArgs f2;
+        f2.M = N, f2.K = B.fc1.N, f2.N = C, f2.a = s1, f2.lda = round16(B.fc1.N);
+        f2.b = B.fc2.packed.data_ptr(), f2.b_dt = DT::F32, f2.bias = B.fc2.bias.data_ptr<float>();
+        f2.y = gate, f2.ldy = Cp, f2.y_dt = DT::F32, f2.act = EAct::Sigmoid;
+        run_gemm(f2);
+        mark("se", bi);
+        const bool fold = dt_ == DT::F32 && hw > round16(pj.N);
+        if (fold) {  // per sample: the gate scales that sample's packed weights
+          float* fw = p.fold.data_ptr<float>();
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t panels = (pj.N + 15) / 16;
+            parallel(panels, std::max<int64_t>(1, 8192 / std::max<int64_t>(C * 16, 1)),
+                     [&](int64_t b, int64_t e) {
+                       for (int64_t q = b; q < e; ++q)
+                         fold_gate(B.project.packed.data_ptr<float>() + q * C * 16, C, 16,
+                                   gate + n * Cp, fw + q * C * 16);
+                     });
+            GemmArgs g = pj;
+            g.M = hw, g.a = e2 + n * hw * C * es, g.b = fw, g.y = out + n * hw * pj.N * es;
+            if (B.residual) g.res = in + n * hw * pj.N * es, g.ldr = pj.N;
+            run_gemm(g);
+          }
+          mark("project_folded", bi);
+          cur = 1 - cur, h = sh.oh, w = sh.ow;
+          continue;
+        }
+        // else: the gate scales the depthwise output in place (HW <= Cout: fewer multiplies)
+        parallel(N * sh.oh, std::max<int64_t>(1, 16384 / std::max<int64_t>(sh.ow * C, 1)),
+                 [&](int64_t b, int64_t e) {
+                   for (int64_t r = b; r < e; ++r)
+                     scale_rows(e2 + r * sh.ow * C * es, dt_, sh.ow, C, gate + r / sh.oh * Cp);
+                 });
+        mark("gate", bi);
+      }
+      GemmArgs g = pj;
+      g.M = rows_out, g.a = e2, g.y = out;
+      if (B.residual) g.res = in, g.ldr = pj.N;
+      run_gemm(g);
+      mark("project", bi);
+      cur = 1 - cur, h = sh.oh, w = sh.ow;
+    }
+    // head + pool + classifier
+    {
+      const int64_t hw = h * w;
+      float* hs = p.head.data_ptr<float>();
+      GemmArgs g;
+      g.M = N * hw, g.K = head_.K, g.N = head_.N, g.a = bufs[cur], g.lda = head_.K;
+      g.b = head_.packed.data_ptr(), g.b_dt = dt_, g.bias = head_.bias.data_ptr<float>();
+      g.y = hs, g.ldy = round16(head_.N), g.y_dt = DT::F32, g.act = head_.act;
+      run_gemm(g);
+      const int64_t ldh = round16(head_.N);
+      pool_rows(hs, N, hw, head_.N, ldh, static_cast<float>(hw), pooled, ldh);
+      mark("head");
+      GemmArgs c;
+      c.M = N, c.K = cls_.K, c.N = cls_.N, c.lda = ldh;
+      if (dt_ == DT::BF16) {
+        uint16_t* pb = static_cast<uint16_t*>(p.pooled16.data_ptr());
+        f32_to_bf16(pooled, pb, N * ldh);
+        c.a = pb;
+      } else {
+        c.a = pooled;
+      }
+      c.b = cls_.packed.data_ptr(), c.b_dt = dt_, c.bias = cls_.bias.data_ptr<float>();
+      c.y = logits.data_ptr<float>(), c.ldy = cls_.N, c.y_dt = DT::F32;
+      run_gemm(c);
+      mark("classifier");
+    }
+    return dt_ == DT::F32 ? logits : logits.to(sdt);
+  }
+
+  // Per-layer wall times of each forward while profiling is on (set_profile(True)): labels
+  // and microseconds of the last forward, for benchmarks/NOTES.md.
+  void set_profile(bool on) { profile_ = on; }
+  // Blocks whose expanded tensor (bytes per sample) is at least this run fused; returns the old.
+  int64_t set_fuse_bytes(int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int64_t old = fuse_bytes_;
+    fuse_bytes_ = bytes;
+    return old;
+  }
+  // Fills the workspace of the last input shape with `value` (tests: NaN, so that a read of
+  // anything a layer did not write shows in the output). No-op before the first forward.
+  void fill_workspace(double value) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Plan& p = plan_;
+    if (p.N < 0) return;
+    for (at::Tensor* t : {&p.io[0], &p.io[1], &p.e1, &p.e2, &p.psum, &p.pooled, &p.pooled16, &p.s1,
+                          &p.gate, &p.fold, &p.head})
+      t->fill_(value);
+  }
+  std::vector<std::string> profile_names() const { return prof_names_; }
+  std::vector<double> profile_us() const { return prof_us_; }
+
+  std::string describe() const {
+    std::ostringstream os;
+    os << "CpuEngine(" << (dt_ == DT::F32 ? "float32" : "bfloat16") << ", avx512, "
+       << blocks_.size() << " blocks)";
+    return os.str();
+  }
+
+ private:
+  struct Shape {
+    int64_t pt = 0, pl = 0, oh = 0, ow = 0;
+  };
+  struct Plan {
+    int64_t N = -1, H = -1, W = -1, stem_pt = 0, stem_pl = 0, stem_oh = 0, stem_ow = 0;
+    std::vector<Shape> shapes;
+    at::Tensor io[2], e1, e2, psum, pooled, pooled16, s1, gate, fold, head;
+  };
+
+  Plan& plan_for(int64_t N, int64_t H, int64_t W) {
+    Plan& p = plan_;
+    if (p.N == N && p.H == H && p.W == W) return p;
+    Plan q;
+    q.N = N, q.H = H, q.W = W;
+    stem_geo_.out(H, W, &q.stem_pt, &q.stem_pl, &q.stem_oh, &q.stem_ow);
+    int64_t h = q.stem_oh, w = q.stem_ow;
+    int64_t io = N * h * w * stem_.N, ex = 1, ps = 16, cmax = round16(head_.N), smax = 16,
+            fold = 16;
+    for (const Block& B : blocks_) {
+      Shape s;
+      B.dw.geo.out(h, w, &s.pt, &s.pl, &s.oh, &s.ow);
+      ex = std::max({ex, N * h * w * B.dw.C, N * s.oh * s.ow * B.dw.C});
+      ps = std::max(ps, N * s.oh * round16(B.dw.C));
+      cmax = std::max(cmax, round16(B.dw.C));
+      if (B.has_se) smax = std::max(smax, round16(B.fc1.N));
+      fold = std::max(fold, packed_elems(B.project.K, B.project.N));
+      h = s.oh, w = s.ow;
+      io = std::max(io, N * h * w * B.project.N);
+      q.shapes.push_back(s);
+    }
+    const auto opt = at::TensorOptions().dtype(dt_ == DT::F32 ? at::kFloat : at::kBFloat16);
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    q.io[0] = at::empty({io}, opt), q.io[1] = at::empty({io}, opt);
+    q.e1 = at::empty({ex}, opt), q.e2 = at::empty({ex}, opt);
+    q.psum = at::empty({ps}, f32), q.pooled = at::empty({N * cmax}, f32);
+    q.pooled16 = at::empty({N * cmax}, opt);
+    q.s1 = at::empty({N * smax}, f32), q.gate = at::empty({N * cmax}, f32);
+    q.fold = at::empty({fold}, f32);
+    q.head = at::empty({N * h * w * round16(head_.N)}, f32);
+    plan_ = std::move(q);
+    return plan_;
+  }
+
+  // The fused pass of a block with an expand conv: each thread walks a contiguous range of
+  // output rows (n, oh) keeping a ring of the k expanded input rows they need (k x W x Cexp,
+  // L2-sized), computes each expanded row once (plus the k - s halo rows at the start of its
+  // range) and runs the depthwise row from the ring, so the expanded tensor never goes to
+  // memory. Without SE (`out` set) the depthwise row goes to a row buffer and the project GEMM
+  // (+ residual) writes the block output at once; with SE the depthwise output and its row sums
+  // go to d.y / d.psum for the SE and the gated projection.
+  void run_fused(const Block& B, const DwArgs& d, const char* in, char* out) {
+    const size_t es = dt_size(dt_);
+    const int64_t C = B.dw.C, rowbytes = d.W * C * static_cast<int64_t>(es);
+    const int k = d.k;
+    parallel(d.N * d.OH, 1, [&](int64_t r0, int64_t r1) {
+      std::unique_ptr<char[]> ring(new char[static_cast<size_t>(k * rowbytes)]);
+      std::unique_ptr<char[]> dwrow(
+          out != nullptr ? new char[static_cast<size_t>(d.OW * C) * es] : nullptr);
+      int64_t cur_n = -1, done = -1;  // expanded rows [.., done] of sample cur_n are in the ring
+      const void* rows[kDwMaxK];
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / d.OH, oh = r % d.OH, ih0 = oh * d.s - d.pt;
+        if (n != cur_n) cur_n = n, done = -1;
+        for (int kh = 0; kh < k; ++kh) {
+          const int64_t ih = ih0 + kh;
+          if (ih < 0 || ih >= d.H) {
+            rows[kh] = nullptr;
+            continue;
+          }
+          char* slot = ring.get() + (ih % k) * rowbytes;
+          if (ih > done) {
+            GemmArgs g;
+            g.M = d.W, g.K = B.expand.K, g.N = C, g.lda = B.expand.K;
+            g.a = in + ((n * d.H + ih) * d.W * B.expand.K) * static_cast<int64_t>(es);
+            g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
+            g.bias = B.expand.bias.data_ptr<float>();
+            g.y = slot, g.ldy = C, g.y_dt = dt_, g.act = B.expand.act;
+            gemm_range(g, 0, gemm_tiles(g));
+            done = ih;
+          }
+          rows[kh] = slot;
+        }
+        float* ps = d.psum != nullptr ? d.psum + r * round16(C) : nullptr;
+        if (out == nullptr) {
+          dw_row(d, rows, static_cast<char*>(d.y) + r * d.OW * C * static_cast<int64_t>(es), ps);
+          continue;
+        }
+        dw_row(d, rows, dwrow.get(), ps);
+        GemmArgs g;
+        g.M = d.OW, g.K = C, g.N = B.project.N, g.a = dwrow.get(), g.lda = C;
+        g.b = B.project.packed.data_ptr(), g.b_dt = dt_, g.bias = B.project.bias.data_ptr<float>();
+        const int64_t o = r * d.OW * B.project.N * static_cast<int64_t>(es);
+        g.y = out + o, g.ldy = B.project.N, g.y_dt = dt_, g.act = EAct::Identity;
+        if (B.residual) g.res = in + o, g.ldr = B.project.N;
+        gemm_range(g, 0, gemm_tiles(g));
+      }
+    });
+  }
+
+  void run_stem(const at::Tensor& x, char* out, const Plan& p) {
+    const int64_t N = p.N, H = p.H, W = p.W, OH = p.stem_oh, OW = p.stem_ow, Ci = stem_cin_;
+    const int k = stem_geo_.k, s = stem_geo_.s;
+    const int64_t Kp = stem_k_;
+    const size_t es = dt_size(dt_);
+    parallel(N * OH, 1, [&](int64_t b, int64_t e) {
+      std::vector<char> col(static_cast<size_t>(OW * Kp) * es);
+      for (int64_t row = b; row < e; ++row) {
+        const int64_t n = row / OH, oh = row % OH;
+        if (es == 4) {
+          im2col_row(static_cast<const float*>(x.data_ptr()) + n * H * W * Ci, H, W, Ci, k, s,
+                     oh * s - p.stem_pt, p.stem_pl, OW, Kp, reinterpret_cast<float*>(col.data()));
+        } else {
+          im2col_row(static_cast<const uint16_t*>(x.data_ptr()) + n * H * W * Ci, H, W, Ci, k, s,
+                     oh * s - p.stem_pt, p.stem_pl, OW, Kp,
+                     reinterpret_cast<uint16_t*>(col.data()));
+        }
+        GemmArgs g;
+        g.M = OW, g.K = Kp, g.N = stem_.N, g.a = col.data(), g.lda = Kp;
+        g.b = stem_.packed.data_ptr(), g.b_dt = dt_, g.bias = stem_.bias.data_ptr<float>();
+        g.y = out + (row * OW * stem_.N) * es, g.ldy = stem_.N, g.y_dt = dt_, g.act = stem_.act;
+        gemm_range(g, 0, gemm_tiles(g));
+      }
+    });
+  }
+
+  void mark(const char* what, int64_t index = -1) {
+    if (!profile_) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::string name = what;
+    if (index >= 0) name += "." + std::to_string(index);
+    prof_names_.push_back(std::move(name));
+    prof_us_.push_back(std::chrono::duration<double, std::micro>(now - prof_t_).count());
+    prof_t_ = now;
+  }
+
+  bool profile_ = false;
+  int64_t fuse_bytes_ = kFuseBytes;
+  std::vector<std::string> prof_names_;
+  std::vector<double> prof_us_;
+  std::chrono::steady_clock::time_point prof_t_;
+  DT dt_ = DT::F32;
+  Geo stem_geo_;
+  int64_t stem_cin_ = 3, stem_k_ = 27;
+  Linear stem_, head_, cls_;
+  std::vector<Block> blocks_;
+  std::mutex mu_;
+  Plan plan_;
+};
+
+}  // namespace effnet::engine
+
+TORCH_LIBRARY_FRAGMENT(effnet, m) {
+  m.class_<effnet::engine::CpuEngine>("CpuEngine")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>>())
+      .def("forward", &effnet::engine::CpuEngine::forward)
+      .def("describe", &effnet::engine::CpuEngine::describe)
+      .def("set_profile", &effnet::engine::CpuEngine::set_profile)
+      .def("set_fuse_bytes", &effnet::engine::CpuEngine::set_fuse_bytes)
+      .def("fill_workspace", &effnet::engine::CpuEngine::fill_workspace)
+      .def("profile_names", &effnet::engine::CpuEngine::profile_names)
+      .def("profile_us", &effnet::engine::CpuEngine::profile_us);
+}

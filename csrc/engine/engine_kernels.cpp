@@ -1,0 +1,522 @@
+// AVX-512 microkernels of the CPU engine; contracts in engine_kernels.h.
+//
+// GEMM (1x1 convs, SE FCs, classifier): a register tile of MR <= 8 rows x NV <= 2 vectors of 16
+// columns (16 zmm accumulators) runs over the whole K: per k, NV packed weight vectors are
+// loaded, each row's a[m][k] is broadcast and FMA'd (fp32) — or, in bfloat16, the pair
+// (a[m][k], a[m][k+1]) is broadcast as one 32-bit value and vdpbf16ps does two k's at once
+// (fp32 accumulation). The 8 x K block of A stays in L1 while the tile walks the columns; the
+// packed panels stream from L2. Epilogue in registers: + bias, act, + residual, cast, masked
+// store of the last partial vector. No K blocking: K <= 1152 x 8 rows x 4 B = 36 KiB.
+//
+// Depthwise: for one output row and a block of up to 64 channels (4 zmm), each output pixel's
+// accumulators start at the bias and take the k x k taps that fall inside the image (taps in
+// the padding are skipped, not multiplied by zero); act, store and the row's channel sums for
+// the SE squeeze stay in registers.
+//
+// Functions are compiled for AVX-512 by target attributes (no file-wide flags), so the library
+// still loads on CPUs without it; callers check kernels_supported() first. No STL templates are
+// instantiated inside them.
+#include "engine_kernels.h"
+
+// GCC 12's AVX-512 headers trip -Wuninitialized in their own _mm512_undefined_* helpers.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#define EK_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,avx2")))
+#define EK_INLINE inline __attribute__((always_inline))
+
+namespace effnet::engine {
+
+bool kernels_supported(bool bf16) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool avx512 = __builtin_cpu_supports("avx512f") &&
+                             __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512dq") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+  static const bool has_bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+  return bf16 ? has_bf16 : avx512;
+#else
+  (void)bf16;
+  return false;
+#endif
+}
+
+namespace {
+
+// ---- packing (plain C++, runs once per engine) -------------------------------------------
+uint16_t bf16_bits(float f) {  // round to nearest even, NaN kept quiet (as c10::BFloat16)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if (std::isnan(f)) return 0x7fc0;
+  u += 0x7fff + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// ---- vector helpers ------------------------------------------------------------------------
+// exp(x) for x <= 88 (or NaN): Cephes' expf polynomial on r = x - n ln2 (cpu_math.h's exp256),
+// then 2^n by vscalefps, which also saturates to 0 for very negative x (no clamp, no exponent
+// bit arithmetic: 13 instructions).
+EK_AVX512 EK_INLINE __m512 exp512(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
+  const __m512 z = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, z, x), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// 1 / d: the 14-bit estimate and one Newton step (relative error ~1e-7 — a division costs
+// ~5x more and dominated the depthwise epilogue). d >= 1 here; huge d gives 0, as 1/d rounds.
+EK_AVX512 EK_INLINE __m512 recip512(__m512 d) {
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
+// 1 / (1 + exp(-v)). The exponent is clamped at 88 (exp < FLT_MAX, so the reciprocal's Newton
+// step sees no inf; the result is then ~0, as it should be); min(88, .) with the value second
+// keeps a NaN.
+EK_AVX512 EK_INLINE __m512 sigmoid512(__m512 v) {
+  const __m512 e = exp512(_mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_sub_ps(_mm512_setzero_ps(), v)));
+  return recip512(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+template <EAct A>
+EK_AVX512 EK_INLINE __m512 act512(__m512 v) {
+  if constexpr (A == EAct::SiLU) {
+    return _mm512_mul_ps(v, sigmoid512(v));
+  } else if constexpr (A == EAct::Sigmoid) {
+    return sigmoid512(v);
+  } else if constexpr (A == EAct::ReLU6) {  // v second: NaN propagates
+    return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(_mm512_setzero_ps(), v));
+  } else if constexpr (A == EAct::ReLU) {
+    return _mm512_max_ps(_mm512_setzero_ps(), v);
+  } else {
+    return v;
+  }
+}
+
+EK_AVX512 EK_INLINE __m512 load_f(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+EK_AVX512 EK_INLINE __m512 load_f(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+EK_AVX512 EK_INLINE void store_f(float* p, __m512 v, __mmask16 m) {
+  _mm512_mask_storeu_ps(p, m, v);
+}
+EK_AVX512 EK_INLINE void store_f(uint16_t* p, __m512 v, __mmask16 m) {
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// ---- GEMM tile -----------------------------------------------------------------------------
+using TileFn = void (*)(const GemmArgs&, int64_t, int64_t, __mmask16);
+
+template <int MR, int NV, EAct A, bool RES, typename TI, typename TO>
+EK_AVX512 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p0, __mmask16 lm) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  const int64_t K = g.K, lda = g.lda, pstride = K * 16;
+  const TI* a = static_cast<const TI*>(g.a) + r0 * lda;
+  const TI* b = static_cast<const TI*>(g.b) + p0 * pstride;
+  if constexpr (sizeof(TI) == 4) {
+    for (int64_t k = 0; k < K; ++k) {
+      __m512 bv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + v * pstride + k * 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < K; k += 2) {
+      __m512i bv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v)
+        bv[v] = _mm512_load_si512(reinterpret_cast<const void*>(b + v * pstride + k * 16));
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, a + r * lda + k, 4);
+        const __m512i av = _mm512_set1_epi32(pair);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v)
+          acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)av, (__m512bh)bv[v]);
+      }
+    }
+  }
+  const float* bias = g.bias + p0 * 16;
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    TO* y = static_cast<TO*>(g.y) + (r0 + r) * g.ldy + p0 * 16;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? lm : static_cast<__mmask16>(0xffff);
+      __m512 t = act512<A>(_mm512_add_ps(acc[r][v], _mm512_loadu_ps(bias + v * 16)));
+      if constexpr (RES) {
+        const TO* res = static_cast<const TO*>(g.res) + (r0 + r) * g.ldr + p0 * 16;
+        t = _mm512_add_ps(t, load_f(res + v * 16, m));
+      }
+      store_f(y + v * 16, t, m);
+    }
+  }
+}
+
+template <EAct A, bool RES, typename TI, typename TO>
+struct TileTable {
+#define EK_ROW(MR) {&gemm_tile<MR, 1, A, RES, TI, TO>, &gemm_tile<MR, 2, A, RES, TI, TO>}
+  static constexpr TileFn fns[8][2] = {EK_ROW(1), EK_ROW(2), EK_ROW(3), EK_ROW(4),
+                                       EK_ROW(5), EK_ROW(6), EK_ROW(7), EK_ROW(8)};
+#undef EK_ROW
+};
+
+template <bool RES, typename TI, typename TO>
+const TileFn (*table_for_act(EAct a))[2] {
+  switch (a) {
+    case EAct::SiLU:
+      return TileTable<EAct::SiLU, RES, TI, TO>::fns;
+    case EAct::Sigmoid:
+      return TileTable<EAct::Sigmoid, RES, TI, TO>::fns;
+    case EAct::ReLU6:
+      return TileTable<EAct::ReLU6, RES, TI, TO>::fns;
+    case EAct::ReLU:
+      return TileTable<EAct::ReLU, RES, TI, TO>::fns;
+    case EAct::Identity:
+    default:
+      return TileTable<EAct::Identity, RES, TI, TO>::fns;
+  }
+}
+
+template <typename TI, typename TO>
+const TileFn (*table_for(EAct a, bool res))[2] {
+  return res ? table_for_act<true, TI, TO>(a) : table_for_act<false, TI, TO>(a);
+}
+
+// ---- depthwise -----------------------------------------------------------------------------
+// One output row for channels [c0, c0 + 16*CV): rows[kh] is input row (oh*s - pt + kh) of the
+// sample, nullptr where it is padding. K, S compile-time (0: d.k, d.s at run time).
+template <int K, int S, int CV, EAct A, typename T>
+struct DwRow {
+  // P consecutive output pixels from ow, every tap inside the row (interior).
+  template <int P>
+  EK_AVX512 EK_INLINE static void pixels(const DwArgs& d, const T* const* rows, T* y,
+                                         int64_t c0, int64_t ow, const __mmask16* mk,
+                                         const __m512* bias, __m512* sum) {
+    const int k = K ? K : d.k, s = S ? S : d.s;
+    const int64_t C = d.C, Cp = round16(C);
+    __m512 acc[P][CV];
+#pragma GCC unroll 4
+    for (int q = 0; q < P; ++q)
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) acc[q][v] = bias[v];
+#pragma GCC unroll 5
+    for (int kh = 0; kh < k; ++kh) {
+      const T* xr = rows[kh];
+      if (xr == nullptr) continue;
+      xr += (ow * s - d.pl) * C + c0;
+      const float* wr = d.w + kh * k * Cp + c0;
+#pragma GCC unroll 5
+      for (int kw = 0; kw < k; ++kw) {
+#pragma GCC unroll 4
+        for (int v = 0; v < CV; ++v) {
+          const __m512 wv = _mm512_loadu_ps(wr + kw * Cp + v * 16);
+#pragma GCC unroll 4
+          for (int q = 0; q < P; ++q)
+            acc[q][v] = _mm512_fmadd_ps(load_f(xr + (q * s + kw) * C + v * 16, mk[v]), wv,
+                                        acc[q][v]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < P; ++q)
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) {
+        const __m512 t = act512<A>(acc[q][v]);
+        store_f(y + (ow + q) * C + c0 + v * 16, t, mk[v]);
+        sum[v] = _mm512_add_ps(sum[v], t);
+      }
+  }
+
+  // One output pixel with the taps clipped to the row (borders).
+  EK_AVX512 EK_INLINE static void border(const DwArgs& d, const T* const* rows, T* y, int64_t c0,
+                                         int64_t ow, const __mmask16* mk, const __m512* bias,
+                                         __m512* sum) {
+    const int k = K ? K : d.k, s = S ? S : d.s;
+    const int64_t C = d.C, Cp = round16(C);
+    const int64_t iw0 = ow * s - d.pl;
+    const int kw0 = iw0 < 0 ? static_cast<int>(-iw0) : 0;
+    const int kw1 = iw0 + k > d.W ? static_cast<int>(d.W - iw0) : k;
+    __m512 acc[CV];
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) acc[v] = bias[v];
+    for (int kh = 0; kh < k; ++kh) {
+      const T* xr = rows[kh];
+      if (xr == nullptr) continue;
+      xr += iw0 * C + c0;
+      const float* wr = d.w + kh * k * Cp + c0;
+      for (int kw = kw0; kw < kw1; ++kw)
+#pragma GCC unroll 4
+        for (int v = 0; v < CV; ++v)
+          acc[v] = _mm512_fmadd_ps(load_f(xr + kw * C + v * 16, mk[v]),
+                                   _mm512_loadu_ps(wr + kw * Cp + v * 16), acc[v]);
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) {
+      const __m512 t = act512<A>(acc[v]);
+      store_f(y + ow * C + c0 + v * 16, t, mk[v]);
+      sum[v] = _mm512_add_ps(sum[v], t);
+    }
+  }
+
+  EK_AVX512 static void run(const DwArgs& d, const void* const* rows_v, void* y_v, float* psum,
+                            int64_t c0, __mmask16 lm) {
+    const T* const* rows = reinterpret_cast<const T* const*>(rows_v);
+    T* y = static_cast<T*>(y_v);
+    const int k = K ? K : d.k, s = S ? S : d.s;
+    __mmask16 mk[CV];
+    __m512 bias[CV], sum[CV];
+#pragma GCC unroll 4
+    for (int v = 0; v < CV; ++v) {
+      mk[v] = v == CV - 1 ? lm : static_cast<__mmask16>(0xffff);
+      bias[v] = _mm512_loadu_ps(d.bias + c0 + v * 16);
+      sum[v] = _mm512_setzero_ps();
+    }
+    // Interior output pixels [lo, hi): ow*s - pl >= 0 and ow*s - pl + k <= W.
+    int64_t lo = (d.pl + s - 1) / s, hi = d.W - k + d.pl >= 0 ? (d.W - k + d.pl) / s + 1 : 0;
+    hi = hi < d.OW ? hi : d.OW;
+    lo = lo < hi ? lo : hi;
+    int64_t ow = 0;
+    for (; ow < lo; ++ow) border(d, rows, y, c0, ow, mk, bias, sum);
+    constexpr int P = CV <= 2 ? 4 : 3;  // P x CV accumulators
+    for (; ow + P <= hi; ow += P) pixels<P>(d, rows, y, c0, ow, mk, bias, sum);
+    for (; ow < hi; ++ow) pixels<1>(d, rows, y, c0, ow, mk, bias, sum);
+    for (; ow < d.OW; ++ow) border(d, rows, y, c0, ow, mk, bias, sum);
+    if (psum != nullptr) {
+#pragma GCC unroll 4
+      for (int v = 0; v < CV; ++v) _mm512_storeu_ps(psum + c0 + v * 16, sum[v]);
+    }
+  }
+};
+
+using DwFn = void (*)(const DwArgs&, const void* const*, void*, float*, int64_t, __mmask16);
+
+template <int K, int S, EAct A, typename T>
+constexpr DwFn dw_fn(int cv) {
+  return cv == 1 ? &DwRow<K, S, 1, A, T>::run
+         : cv == 2 ? &DwRow<K, S, 2, A, T>::run
+         : cv == 3 ? &DwRow<K, S, 3, A, T>::run
+                   : &DwRow<K, S, 4, A, T>::run;
+}
+
+template <EAct A, typename T>
+DwFn dw_pick_geo(int k, int s, int cv) {
+  if (k == 3 && s == 1) return dw_fn<3, 1, A, T>(cv);
+  if (k == 3 && s == 2) return dw_fn<3, 2, A, T>(cv);
+  if (k == 5 && s == 1) return dw_fn<5, 1, A, T>(cv);
+  if (k == 5 && s == 2) return dw_fn<5, 2, A, T>(cv);
+  return dw_fn<0, 0, A, T>(cv);
+}
+
+template <typename T>
+DwFn dw_pick(EAct a, int k, int s, int cv) {
+  switch (a) {
+    case EAct::SiLU:
+      return dw_pick_geo<EAct::SiLU, T>(k, s, cv);
+    case EAct::Sigmoid:
+      return dw_pick_geo<EAct::Sigmoid, T>(k, s, cv);
+    case EAct::ReLU6:
+      return dw_pick_geo<EAct::ReLU6, T>(k, s, cv);
+    case EAct::ReLU:
+      return dw_pick_geo<EAct::ReLU, T>(k, s, cv);
+    case EAct::Identity:
+    default:
+      return dw_pick_geo<EAct::Identity, T>(k, s, cv);
+  }
+}
+
+constexpr int64_t kDwBlock = 64;  // channels per depthwise task (4 zmm)
+
+__mmask16 tail_mask(int64_t n) {  // lanes of the last vector of n values
+  const int64_t r = n % 16;
+  return r == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << r) - 1);
+}
+
+template <typename T>
+EK_AVX512 void scale_rows_impl(T* x, int64_t rows, int64_t C, const float* g) {
+  const __mmask16 lm = tail_mask(C);
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = x + r * C;
+    for (int64_t c = 0; c < C; c += 16) {
+      const __mmask16 m = c + 16 <= C ? static_cast<__mmask16>(0xffff) : lm;
+      store_f(row + c, _mm512_mul_ps(load_f(row + c, m), _mm512_maskz_loadu_ps(m, g + c)), m);
+    }
+  }
+}
+
+EK_AVX512 void pool_rows_impl(const float* part, int64_t N, int64_t R, int64_t C, int64_t ldp,
+                              float count, float* pooled, int64_t ldo) {
+  const __mmask16 lm = tail_mask(C);
+  const __m512 inv = _mm512_set1_ps(1.0f / count);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; c += 16) {
+      const __mmask16 m = c + 16 <= C ? static_cast<__mmask16>(0xffff) : lm;
+      __m512 s = _mm512_setzero_ps();
+      const float* p = part + n * R * ldp + c;
+      for (int64_t r = 0; r < R; ++r) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, p + r * ldp));
+      _mm512_mask_storeu_ps(pooled + n * ldo + c, m, _mm512_mul_ps(s, inv));
+    }
+  }
+}
+
+EK_AVX512 void fold_gate_impl(const float* packed, int64_t K, int64_t N, const float* g,
+                              float* out) {
+  const int64_t panels = (N + 15) / 16;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t o = (p * K + k) * 16;
+      _mm512_store_ps(out + o, _mm512_mul_ps(_mm512_load_ps(packed + o), _mm512_set1_ps(g[k])));
+    }
+}
+
+EK_AVX512 void f32_to_bf16_impl(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = i + 16 <= n ? static_cast<__mmask16>(0xffff) : tail_mask(n);
+    store_f(y + i, _mm512_maskz_loadu_ps(m, x + i), m);
+  }
+}
+
+EK_AVX512 void bf16_to_f32_impl(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = i + 16 <= n ? static_cast<__mmask16>(0xffff) : tail_mask(n);
+    _mm512_mask_storeu_ps(y + i, m, load_f(x + i, m));
+  }
+}
+
+}  // namespace
+
+int64_t packed_elems(int64_t K, int64_t N) { return round16(N) * K; }
+
+void pack_weights(const float* w, int64_t N, int64_t K, DT dt, void* out) {
+  const int64_t panels = (N + 15) / 16;
+  if (dt == DT::F32) {
+    float* o = static_cast<float*>(out);
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < 16; ++j) {
+          const int64_t n = p * 16 + j;
+          o[(p * K + k) * 16 + j] = n < N ? w[n * K + k] : 0.0f;
+        }
+  } else {
+    uint16_t* o = static_cast<uint16_t*>(out);
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t k = 0; k < K; k += 2)
+        for (int64_t j = 0; j < 16; ++j)
+          for (int64_t e = 0; e < 2; ++e) {
+            const int64_t n = p * 16 + j;
+            const float v = n < N && k + e < K ? w[n * K + k + e] : 0.0f;
+            o[p * K * 16 + k * 16 + j * 2 + e] = bf16_bits(v);
+          }
+  }
+}
+
+int64_t gemm_tiles(const GemmArgs& g) {
+  const int64_t panels = (g.N + 15) / 16;
+  return (g.M + 7) / 8 * ((panels + 1) / 2);
+}
+
+void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
+  const TileFn(*table)[2];
+  const bool res = g.res != nullptr;
+  if (g.b_dt == DT::F32) {
+    table = table_for<float, float>(g.act, res);
+  } else if (g.y_dt == DT::BF16) {
+    table = table_for<uint16_t, uint16_t>(g.act, res);
+  } else {
+    table = table_for<uint16_t, float>(g.act, res);
+  }
+  const int64_t panels = (g.N + 15) / 16, col_tiles = (panels + 1) / 2;
+  const __mmask16 last = tail_mask(g.N);
+  // Rows spread evenly over the row tiles (49 rows: 7 tiles of 7, not 6 of 8 and one of 1).
+  const int64_t row_tiles = (g.M + 7) / 8, base = g.M / row_tiles, extra = g.M % row_tiles;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t rt = t / col_tiles, p0 = t % col_tiles * 2;
+    const int64_t r0 = rt * base + (rt < extra ? rt : extra), mr = base + (rt < extra);
+    const int64_t nv = panels - p0 < 2 ? panels - p0 : 2;
+    const __mmask16 lm = p0 + nv == panels ? last : static_cast<__mmask16>(0xffff);
+    table[mr - 1][nv - 1](g, r0, p0, lm);
+  }
+}
+
+int64_t dw_tasks(const DwArgs& d) { return d.N * d.OH * ((d.C + kDwBlock - 1) / kDwBlock); }
+
+void dw_row(const DwArgs& d, const void* const* rows, void* y_row, float* psum_row) {
+  const bool f32 = d.dt == DT::F32;
+  for (int64_t c0 = 0; c0 < d.C; c0 += kDwBlock) {
+    const int64_t nc = d.C - c0 < kDwBlock ? d.C - c0 : kDwBlock;
+    const int cv = static_cast<int>((nc + 15) / 16);
+    const DwFn fn = f32 ? dw_pick<float>(d.act, d.k, d.s, cv)
+                        : dw_pick<uint16_t>(d.act, d.k, d.s, cv);
+    fn(d, rows, y_row, psum_row, c0, tail_mask(nc));
+  }
+}
+
+void dw_range(const DwArgs& d, int64_t t0, int64_t t1) {
+  const bool f32 = d.dt == DT::F32;
+  const size_t es = f32 ? 4 : 2;
+  const int64_t cblocks = (d.C + kDwBlock - 1) / kDwBlock;
+  const void* rows[kDwMaxK];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t cb = t % cblocks, row = t / cblocks, n = row / d.OH, oh = row % d.OH;
+    const int64_t c0 = cb * kDwBlock, nc = d.C - c0 < kDwBlock ? d.C - c0 : kDwBlock;
+    for (int kh = 0; kh < d.k; ++kh) {
+      const int64_t ih = oh * d.s - d.pt + kh;
+      rows[kh] = ih < 0 || ih >= d.H ? nullptr
+                                     : static_cast<const char*>(d.x) +
+                                           ((n * d.H + ih) * d.W * d.C) * es;
+    }
+    const int cv = static_cast<int>((nc + 15) / 16);
+    const DwFn fn = f32 ? dw_pick<float>(d.act, d.k, d.s, cv)
+                        : dw_pick<uint16_t>(d.act, d.k, d.s, cv);
+    float* ps = d.psum != nullptr ? d.psum + row * round16(d.C) : nullptr;
+    fn(d, rows, static_cast<char*>(d.y) + row * d.OW * d.C * es, ps, c0, tail_mask(nc));
+  }
+}
+
+void pool_rows(const float* part, int64_t N, int64_t R, int64_t C, int64_t ldp, float count,
+               float* pooled, int64_t ldo) {
+  pool_rows_impl(part, N, R, C, ldp, count, pooled, ldo);
+}
+
+void scale_rows(void* x, DT dt, int64_t rows, int64_t C, const float* g) {
+  if (dt == DT::F32) {
+    scale_rows_impl(static_cast<float*>(x), rows, C, g);
+  } else {
+    scale_rows_impl(static_cast<uint16_t*>(x), rows, C, g);
+  }
+}
+
+void fold_gate(const float* packed, int64_t K, int64_t N, const float* g, float* out) {
+  fold_gate_impl(packed, K, N, g, out);
+}
+
+void f32_to_bf16(const float* x, uint16_t* y, int64_t n) { f32_to_bf16_impl(x, y, n); }
+void bf16_to_f32(const uint16_t* x, float* y, int64_t n) { bf16_to_f32_impl(x, y, n); }
+
+}  // namespace effnet::engine
