@@ -128,7 +128,7 @@ EK_AVX512 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p0, __mmask16 lm
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   const int64_t K = g.K, lda = g.lda, pstride = K * 16;
   const TI* a = static_cast<const TI*>(g.a) + r0 * lda;
@@ -136,19 +136,19 @@ EK_AVX512 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p0, __mmask16 lm
   if constexpr (sizeof(TI) == 4) {
     for (int64_t k = 0; k < K; ++k) {
       __m512 bv[NV];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + v * pstride + k * 16);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const __m512 av = _mm512_set1_ps(a[r * lda + k]);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
       }
     }
   } else {
     for (int64_t k = 0; k < K; k += 2) {
       __m512i bv[NV];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v)
         bv[v] = _mm512_load_si512(reinterpret_cast<const void*>(b + v * pstride + k * 16));
 #pragma GCC unroll 8
@@ -156,7 +156,7 @@ EK_AVX512 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p0, __mmask16 lm
         int32_t pair;
         std::memcpy(&pair, a + r * lda + k, 4);
         const __m512i av = _mm512_set1_epi32(pair);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v)
           acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)av, (__m512bh)bv[v]);
       }
@@ -166,7 +166,7 @@ EK_AVX512 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p0, __mmask16 lm
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     TO* y = static_cast<TO*>(g.y) + (r0 + r) * g.ldy + p0 * 16;
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       const __mmask16 m = v == NV - 1 ? lm : static_cast<__mmask16>(0xffff);
       __m512 t = act512<A>(_mm512_add_ps(acc[r][v], _mm512_loadu_ps(bias + v * 16)));
@@ -179,16 +179,23 @@ EK_AVX512 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p0, __mmask16 lm
   }
 }
 
+// Register tiles: MR <= 8 rows x NV <= 2 vectors (narrow N), or MR <= 6 x NV <= 4 (N >= 64:
+// 24 accumulators, 4 weight loads + 6 broadcasts per 24 FMAs). fns[mr-1][nv-1]; the NV = 3/4
+// entries exist for mr <= 6 only (the 6 x 4 tiling never asks for more rows).
 template <EAct A, bool RES, typename TI, typename TO>
 struct TileTable {
-#define EK_ROW(MR) {&gemm_tile<MR, 1, A, RES, TI, TO>, &gemm_tile<MR, 2, A, RES, TI, TO>}
-  static constexpr TileFn fns[8][2] = {EK_ROW(1), EK_ROW(2), EK_ROW(3), EK_ROW(4),
-                                       EK_ROW(5), EK_ROW(6), EK_ROW(7), EK_ROW(8)};
+#define EK_T(MR, NV) &gemm_tile<MR, NV, A, RES, TI, TO>
+#define EK_ROW(MR) {EK_T(MR, 1), EK_T(MR, 2), EK_T(MR, 3), EK_T(MR, 4)}
+  static constexpr TileFn fns[8][4] = {EK_ROW(1), EK_ROW(2), EK_ROW(3), EK_ROW(4),
+                                       EK_ROW(5), EK_ROW(6),
+                                       {EK_T(7, 1), EK_T(7, 2), nullptr, nullptr},
+                                       {EK_T(8, 1), EK_T(8, 2), nullptr, nullptr}};
 #undef EK_ROW
+#undef EK_T
 };
 
 template <bool RES, typename TI, typename TO>
-const TileFn (*table_for_act(EAct a))[2] {
+const TileFn (*table_for_act(EAct a))[4] {
   switch (a) {
     case EAct::SiLU:
       return TileTable<EAct::SiLU, RES, TI, TO>::fns;
@@ -205,9 +212,24 @@ const TileFn (*table_for_act(EAct a))[2] {
 }
 
 template <typename TI, typename TO>
-const TileFn (*table_for(EAct a, bool res))[2] {
+const TileFn (*table_for(EAct a, bool res))[4] {
   return res ? table_for_act<true, TI, TO>(a) : table_for_act<false, TI, TO>(a);
 }
+
+// The tiling of one GEMM: rows per tile (<= mr_max, spread evenly: 49 rows -> 7 tiles of 7,
+// not 6 of 8 and one of 1) and panels per tile (nv_max, the last tile fewer).
+struct Tiling {
+  int64_t panels, nv_max, col_tiles, row_tiles, base, extra;
+  explicit Tiling(const GemmArgs& g) {
+    panels = (g.N + 15) / 16;
+    nv_max = panels >= 4 ? 4 : 2;
+    const int64_t mr_max = nv_max == 4 ? 6 : 8;
+    col_tiles = (panels + nv_max - 1) / nv_max;
+    row_tiles = (g.M + mr_max - 1) / mr_max;
+    base = row_tiles > 0 ? g.M / row_tiles : 0;
+    extra = row_tiles > 0 ? g.M % row_tiles : 0;
+  }
+};
 
 // ---- depthwise -----------------------------------------------------------------------------
 // One output row for channels [c0, c0 + 16*CV): rows[kh] is input row (oh*s - pt + kh) of the
@@ -437,12 +459,12 @@ void pack_weights(const float* w, int64_t N, int64_t K, DT dt, void* out) {
 }
 
 int64_t gemm_tiles(const GemmArgs& g) {
-  const int64_t panels = (g.N + 15) / 16;
-  return (g.M + 7) / 8 * ((panels + 1) / 2);
+  const Tiling t(g);
+  return t.row_tiles * t.col_tiles;
 }
 
 void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
-  const TileFn(*table)[2];
+  const TileFn(*table)[4];
   const bool res = g.res != nullptr;
   if (g.b_dt == DT::F32) {
     table = table_for<float, float>(g.act, res);
@@ -451,15 +473,14 @@ void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
   } else {
     table = table_for<uint16_t, float>(g.act, res);
   }
-  const int64_t panels = (g.N + 15) / 16, col_tiles = (panels + 1) / 2;
+  const Tiling tl(g);
   const __mmask16 last = tail_mask(g.N);
-  // Rows spread evenly over the row tiles (49 rows: 7 tiles of 7, not 6 of 8 and one of 1).
-  const int64_t row_tiles = (g.M + 7) / 8, base = g.M / row_tiles, extra = g.M % row_tiles;
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t rt = t / col_tiles, p0 = t % col_tiles * 2;
-    const int64_t r0 = rt * base + (rt < extra ? rt : extra), mr = base + (rt < extra);
-    const int64_t nv = panels - p0 < 2 ? panels - p0 : 2;
-    const __mmask16 lm = p0 + nv == panels ? last : static_cast<__mmask16>(0xffff);
+    const int64_t rt = t / tl.col_tiles, p0 = t % tl.col_tiles * tl.nv_max;
+    const int64_t r0 = rt * tl.base + (rt < tl.extra ? rt : tl.extra);
+    const int64_t mr = tl.base + (rt < tl.extra);
+    const int64_t nv = tl.panels - p0 < tl.nv_max ? tl.panels - p0 : tl.nv_max;
+    const __mmask16 lm = p0 + nv == tl.panels ? last : static_cast<__mmask16>(0xffff);
     table[mr - 1][nv - 1](g, r0, p0, lm);
   }
 }

@@ -45,8 +45,8 @@ struct GemmArgs {
   DT y_dt = DT::F32;
   EAct act = EAct::Identity;
 };
-// The GEMM is cut into tiles of 8 rows x 32 columns; tiles [t0, t1) run serially on the caller
-// (the engine spreads tile ranges over threads).
+// The GEMM is cut into register tiles (8 rows x 32 columns, or 6 x 64 when N >= 64); tiles
+// [t0, t1) run serially on the caller (the engine spreads tile ranges over threads).
 int64_t gemm_tiles(const GemmArgs& g);
 void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1);
 
