@@ -64,7 +64,10 @@ class _FusedBackbone(nn.Module):
     _capture = FusedEfficientNet._capture
     _forward_graphed = FusedEfficientNet._forward_graphed
     reset_cuda_graphs = FusedEfficientNet.reset_cuda_graphs
-    __getstate__ = FusedEfficientNet.__getstate__
+
+    def __getstate__(self):
+        # copy.deepcopy / pickle: captured graphs are not copyable; a copy re-captures.
+        return {**self.__dict__, "_graphs": OrderedDict()}
 
     @property
     def dtype(self) -> torch.dtype:

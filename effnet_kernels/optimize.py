@@ -74,7 +74,6 @@ from torch import Tensor, nn
 
 from . import ops, reference, registry
 from .models.efficientnet import ConvBNAct, EfficientNet, MBConv
-from .models.features import EfficientNetFeatures
 from .nn import (
     BoundOp,
     FusedDWConvBNAct,
@@ -391,6 +390,7 @@ def _fused_block(blk: MBConv, dtype: torch.dtype, be: dict[str, str]) -> FusedMB
 def _to_ek(model: nn.Module) -> EfficientNet:
     """The effnet_kernels model for ``model`` (itself, or a conversion that copies weights)."""
     from . import convert
+    from .models.features import EfficientNetFeatures
 
     if isinstance(model, FusedEfficientNet):
         raise TypeError("model is already a FusedEfficientNet (the output of ek.optimize); "

@@ -159,22 +159,35 @@ def test_triton_backend_interpreted():
     assert all(rel_err(a, b) <= FP32_TOL for a, b in zip(out, ref))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=needs_ext)])
-def test_bf16_features_and_embedding(backend):
-    """bf16: error against a float64 oracle ≤ 2 × eager PyTorch's own bf16 error."""
+def test_low_precision_features_and_embedding(backend, dtype):
+    """bf16/fp16: error against a float64 oracle ≤ 2 × eager PyTorch's own error at that
+    dtype."""
     _, _, m, x = _timm_case("efficientnet_b0")
     x = x[:, :, :67, :53]  # smaller, for time
     plain = EfficientNetFeatures(copy.deepcopy(m))
     with torch.no_grad():
         ref64 = copy.deepcopy(plain).double()(x.double())
-        eager = copy.deepcopy(plain).bfloat16()(x.bfloat16())
-    out = ek.optimize(m, backend=backend, dtype=torch.bfloat16, features_only=True)(x)
+        eager = copy.deepcopy(plain).to(dtype)(x.to(dtype))
+    out = ek.optimize(m, backend=backend, dtype=dtype, features_only=True)(x)
     for a, e, r in zip(out, eager, ref64):
-        assert a.dtype == torch.bfloat16 and not a.isnan().any()
+        assert a.dtype == dtype and not a.isnan().any()
         assert rel_err(a, r) <= 2 * rel_err(e, r), (rel_err(a, r), rel_err(e, r))
-    emb = ek.optimize(m, backend=backend, dtype=torch.bfloat16, num_classes=0)(x)
+    emb = ek.optimize(m, backend=backend, dtype=dtype, num_classes=0)(x)
     emb32 = ek.optimize(m, backend=backend, num_classes=0)(x)
-    assert emb.dtype == torch.bfloat16 and rel_err(emb, emb32) <= 2e-2
+    assert emb.dtype == dtype and rel_err(emb, emb32) <= 2e-2
+
+
+@needs_ext
+def test_torch_compile_fullgraph():
+    _, _, m, x = _timm_case("efficientnet_b0")
+    x = x[:, :, :67, :53]
+    f = ek.optimize(m, backend="cpu", features_only=True, out_indices=(2, 4))
+    e = ek.optimize(m, backend="cpu", num_classes=0)
+    got = torch.compile(f, fullgraph=True)(x)
+    assert all(rel_err(a, b) <= 1e-6 for a, b in zip(got, f(x)))
+    assert rel_err(torch.compile(e, fullgraph=True)(x), e(x)) <= 1e-6
 
 
 def test_int8_features_are_float():
