@@ -182,9 +182,10 @@ class FusedEmbedding(_FusedBackbone):
 
 # ----------------------------------------------------------------------------- building
 def is_backbone(model: nn.Module) -> bool:
-    """True for a source without classifier: a plain backbone (``features_only``) or a model
-    built with ``num_classes=0`` (effnet_kernels or timm: its classifier is ``nn.Identity``)."""
-    return isinstance(model, EfficientNetFeatures) or \
+    """True for a model without classifier: a plain backbone (``features_only``), a model
+    built with ``num_classes=0`` (effnet_kernels or timm: its classifier is ``nn.Identity``),
+    or one of this module's fused models (which ``optimize_backbone`` refuses clearly)."""
+    return isinstance(model, (EfficientNetFeatures, _FusedBackbone)) or \
         isinstance(getattr(model, "classifier", None), nn.Identity)
 
 
@@ -212,7 +213,9 @@ def optimize_backbone(model: nn.Module, backend: str = "auto", dtype: torch.dtyp
     if out_indices is not None and not (features_only or isinstance(model, EfficientNetFeatures)):
         raise ValueError("out_indices needs features_only=True")
     if isinstance(model, _FusedBackbone):
-        raise TypeError(f"model is already a {type(model).__name__}; pass the source model")
+        raise TypeError(f"model is already a {type(model).__name__}; pass the source model "
+                        "(INT8 backbone: ek.optimize(ek.quantize(ek.optimize(m), batches), "
+                        "features_only=True))")
     if isinstance(model, FusedEfficientNet):  # float or INT8: share its modules
         if dtype is not None and dtype != model.dtype:
             raise ValueError(f"dtype={dtype} differs from the optimized model's {model.dtype}; "

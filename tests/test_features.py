@@ -249,6 +249,10 @@ def test_refusals():
     f = ek.optimize(m, features_only=True)
     with pytest.raises(TypeError, match="already a FusedFeatures"):
         ek.optimize(f, num_classes=0)
+    with pytest.raises(TypeError, match="already a FusedFeatures"):
+        ek.optimize(f)
+    with pytest.raises(TypeError, match="already a FusedFeatures"):
+        ek.quantize(f, [torch.randn(1, 3, 32, 32)])
     with pytest.raises(RuntimeError, match="frozen"):
         f.train()
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
