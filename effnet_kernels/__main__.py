@@ -1,9 +1,10 @@
-"""Command line: ``python -m effnet_kernels {info,demo,bench}``.
+"""Command line: ``python -m effnet_kernels {info,demo,bench,predict}``.
 
   info   how the compiled core was built, the devices, and the backends each can use
   demo   classify images with the real pretrained EfficientNet-Lite0 weights (top-5 + timing;
          --int8 adds the INT8 model's top-1)
   bench  benchmark whole models against the baselines (effnet_kernels/bench/)
+  predict  batch inference over image files/folders/globs (effnet_kernels/predict.py)
 """
 
 from __future__ import annotations
@@ -128,8 +129,10 @@ def main(argv=None) -> int:
                     help="also run the INT8 model (ek.quantize, calibrated on other pictures)")
     pd.set_defaults(fn=cmd_demo)
     from effnet_kernels.bench.cli import add_parser as add_bench_parser
+    from effnet_kernels.predict import add_parser as add_predict_parser
 
     add_bench_parser(sub)
+    add_predict_parser(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

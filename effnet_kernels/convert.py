@@ -151,7 +151,8 @@ def _resolve(src: Mapping[str, Tensor], layout, candidates: list[str], what: str
     """The config among ``candidates`` whose layout fits ``src``, and its key pairs."""
     sk, ck = _ENDS[layout]
     stem = src[sk].shape[0] if sk in src and src[sk].ndim == 4 else None
-    nc, head = src[ck].shape if ck in src and src[ck].ndim == 2 else (1000, None)
+    # no classifier weight: a source without classifier (timm num_classes=0) → embedding model
+    nc, head = src[ck].shape if ck in src and src[ck].ndim == 2 else (0, None)
     likely = [n for n in candidates if (stem, head) == (stem_channels(n), head_channels(n))]
     best = None
     for name in likely or candidates:

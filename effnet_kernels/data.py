@@ -4,7 +4,7 @@ quant tests) and the demo. Needs ``scikit-image`` (imported lazily).
 
 The images are split in two disjoint sets so that calibration and evaluation never see the same
 picture: :data:`CALIBRATION_IMAGES` and :data:`HELD_OUT_IMAGES`. Grayscale images are repeated
-to three channels, RGBA drops alpha.
+to three channels, alpha is dropped, CMYK (and other non-RGB colour spaces) converted.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ HELD_OUT_IMAGES = ("chelsea", "motorcycle_left", "retina", "logo", "moon", "grav
 def load_image(name: str) -> torch.Tensor:
     """An RGB image as a uint8 (3, H, W) tensor: a scikit-image sample name (e.g. "chelsea",
     "motorcycle_left") or an image file path. Grayscale is replicated to 3 channels, alpha is
-    dropped; float images are taken as [0, 1] (clipped, ×255, rounded), bool as {0, 255}, wider
-    integers scaled from their type's range. Raises ValueError for an unknown name or a file
+    dropped, CMYK / YCbCr / LAB / HSV files are converted to RGB; float images are taken as
+    [0, 1] (clipped, ×255, rounded), bool as {0, 255}, wider integers scaled from their type's
+    range. Raises ValueError for an unknown name or a file
     that is not an image."""
     import numpy as np
 
@@ -44,10 +45,14 @@ def load_image(name: str) -> torch.Tensor:
         img = getattr(skimage.data, name)()
     else:
         try:
-            img = skimage.io.imread(name)
+            img = _read_colour_converted(name)
+            if img is None:
+                img = skimage.io.imread(name)
         except (OSError, ValueError, SyntaxError) as e:  # missing, unreadable or not an image
             raise ValueError(f"cannot read image {name!r}: {e}") from e
     img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] == 2:  # gray + alpha
+        img = img[:, :, 0]
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
@@ -62,6 +67,25 @@ def load_image(name: str) -> torch.Tensor:
         img = np.round((img.astype(np.float64) - max(info.min, 0)) * 255.0
                        / (info.max - max(info.min, 0))).clip(0, 255).astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+
+
+def _read_colour_converted(path: str):
+    """The RGB array of an image file stored in a non-RGB colour space (CMYK, YCbCr, LAB, HSV:
+    decoded as-is, their channels would pass for RGB(A)), converted by Pillow; None for every
+    other file (or without Pillow)."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        return None
+    import numpy as np
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            if im.mode not in ("CMYK", "YCbCr", "LAB", "HSV"):
+                return None
+            return np.array(im.convert("RGB"))  # a writable copy
+    except (UnidentifiedImageError, FileNotFoundError, IsADirectoryError):
+        return None  # the decoder below says why
 
 
 def random_crops(names, per_image: int, size: int = 224, seed: int = 0,

@@ -386,7 +386,9 @@ class FusedEfficientNet(nn.Module):
         with torch.cuda.device(self.device), torch.no_grad():
             entry.static_in.copy_(x)  # cast + layout change, on the current stream
             entry.graph.replay()  # on the current stream
-            return entry.static_out.clone()
+            # a copy the next replay cannot overwrite (a tensor, or a list of feature maps)
+            out = entry.static_out
+            return [t.clone() for t in out] if isinstance(out, list) else out.clone()
 
     def reset_cuda_graphs(self) -> None:
         """Drop every captured graph (and its memory pool)."""
@@ -442,11 +444,12 @@ def _fused_block(blk: MBConv, dtype: torch.dtype, be: dict[str, str]) -> FusedMB
 def _to_ek(model: nn.Module) -> EfficientNet:
     """The effnet_kernels model for ``model`` (itself, or a conversion that copies weights)."""
     from . import convert
+    from .models.features import EfficientNetFeatures
 
     if isinstance(model, FusedEfficientNet):
         raise TypeError("model is already a FusedEfficientNet (the output of ek.optimize); "
                         "pass the source model instead")
-    if isinstance(model, EfficientNet):
+    if isinstance(model, (EfficientNet, EfficientNetFeatures)):
         return model
     tv = sys.modules.get("torchvision.models.efficientnet")  # loaded if model is one of its
     if tv is not None and isinstance(model, tv.EfficientNet):
@@ -462,26 +465,11 @@ def _to_ek(model: nn.Module) -> EfficientNet:
         "timm.models.EfficientNet or an efficientnet_pytorch EfficientNet")
 
 
-def optimize(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = None,
-             cuda_graph: bool = False) -> FusedEfficientNet:
-    """Build the frozen fused inference model from ``model`` (see this module's docstring).
-
-    Args:
-        model: an effnet_kernels EfficientNet, or a torchvision / timm / efficientnet_pytorch
-            EfficientNet. Not modified; its train/eval mode does not matter.
-        backend: "auto", "cuda", "triton", "cpu" or "torch", for the weights' device. With
-            "cuda", ``pointwise_conv`` (no CUDA kernel) runs on Triton, as ``backends`` says.
-        dtype: torch.float32 / float16 / bfloat16 for weights, activations and logits;
-            default the model's own dtype.
-        cuda_graph: capture and replay the forward with CUDA graphs (CUDA models only).
-
-    Raises:
-        TypeError: unknown model type. ValueError: unknown backend or unsupported dtype.
-        RuntimeError: a backend (or, for "cuda", Triton for pointwise_conv) that is not
-            available here; ``cuda_graph=True`` on a non-CUDA model.
-    """
-    src = _to_ek(model)
-    ref = src.classifier.weight
+def _setup(src: nn.Module, backend: str, dtype: torch.dtype | None, cuda_graph: bool,
+           stacklevel: int = 3) -> tuple[torch.dtype, dict[str, str], dict[str, str]]:
+    """The checked build settings for ``src`` (an effnet_kernels model or backbone): (dtype,
+    per-op backends, substitutions); warns when "auto" leaves an op on "torch" on a GPU."""
+    ref = src.stem.conv.weight
     device = ref.device
     if device.type == "meta":
         raise ValueError("model is on the meta device: it has no weights to fold")
@@ -499,20 +487,75 @@ def optimize(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None 
             warnings.warn(f"ek.optimize(backend='auto'): {', '.join(slow)} run on the 'torch' "
                           f"reference on {device} (available: {ops.available_backends(device)}); "
                           "build the CUDA extension or install Triton for fused kernels",
-                          stacklevel=2)
+                          stacklevel=stacklevel)
+    return dtype, be, subs
 
+
+def _rebind(modules, backend: str) -> None:
+    """Make a later device move bind every op of ``modules`` (and below) for ``backend``."""
+    for top in modules:
+        for m in top.modules():
+            if isinstance(m, BoundOp):
+                m.rebind_as(backend, substitute=True)
+
+
+def fused_trunk(src: nn.Module, dtype: torch.dtype, be: dict[str, str], backend: str,
+                num_stages: int | None = None) -> tuple[FusedStem, list[nn.Sequential]]:
+    """The fused stem and the first ``num_stages`` (default all) fused stages of ``src``."""
     w, b = _fold(src.stem, dtype)
     stem = FusedStem(w, b, src.stem.stride, src.stem.padding_mode, src.stem.act_name,
                      be["bias_act"])
     stages = [nn.Sequential(*[_fused_block(blk, dtype, be) for blk in stage])
-              for stage in src.blocks]
+              for stage in list(src.blocks)[:num_stages]]
+    _rebind([stem, *stages], backend)
+    return stem, stages
+
+
+def fused_head(src: nn.Module, dtype: torch.dtype, be: dict[str, str],
+               backend: str) -> PointwiseConvBNAct:
+    """The fused head of ``src`` (conv_head + BN + act, called with ``pool_only=True``)."""
     w, b = _fold(src.head, dtype)
     head = PointwiseConvBNAct(w, b, src.head.act_name, backend=be["pointwise_conv"])
+    _rebind([head], backend)
+    return head
+
+
+def optimize(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = None,
+             cuda_graph: bool = False, *, features_only: bool = False, out_indices=None,
+             num_classes: int | None = None) -> nn.Module:
+    """Build the frozen fused inference model from ``model`` (see this module's docstring).
+
+    Args:
+        model: an effnet_kernels EfficientNet, or a torchvision / timm / efficientnet_pytorch
+            EfficientNet. Not modified; its train/eval mode does not matter.
+        backend: "auto", "cuda", "triton", "cpu" or "torch", for the weights' device. With
+            "cuda", ``pointwise_conv`` (no CUDA kernel) runs on Triton, as ``backends`` says.
+        dtype: torch.float32 / float16 / bfloat16 for weights, activations and logits;
+            default the model's own dtype.
+        cuda_graph: capture and replay the forward with CUDA graphs (CUDA models only).
+        features_only: return the multi-scale backbone (``features.FusedFeatures``): the list
+            of feature maps at ``out_indices`` (default all five), timm's convention.
+        num_classes: ``0`` returns the pooled embedding (``features.FusedEmbedding``); None
+            keeps the source's classifier (a source without one gives the embedding model).
+            ``model`` may also be an optimized (or INT8) model here: its modules are shared.
+
+    Raises:
+        TypeError: unknown model type. ValueError: unknown backend or unsupported dtype.
+        RuntimeError: a backend (or, for "cuda", Triton for pointwise_conv) that is not
+            available here; ``cuda_graph=True`` on a non-CUDA model.
+    """
+    from . import features
+
+    if features_only or out_indices is not None or num_classes is not None \
+            or features.is_backbone(model):
+        return features.optimize_backbone(model, backend, dtype, cuda_graph, features_only,
+                                          out_indices, num_classes)
+    src = _to_ek(model)
+    dtype, be, subs = _setup(src, backend, dtype, cuda_graph)
+    stem, stages = fused_trunk(src, dtype, be, backend)
+    head = fused_head(src, dtype, be, backend)
     classifier = FrozenLinear(_own(src.classifier.weight, dtype),
                               _own(src.classifier.bias, dtype))
-    for m in (stem, head, *[x for st in stages for x in st.modules()]):
-        if isinstance(m, BoundOp):
-            m.rebind_as(backend, substitute=True)
     return FusedEfficientNet(stem, nn.Sequential(*stages), head, classifier, backends=be,
                              substitutions=subs, cuda_graph=cuda_graph,
                              name=getattr(getattr(src, "config", None), "name", "efficientnet"),

@@ -2,5 +2,6 @@
 
 from . import efficientnet
 from .efficientnet import *  # noqa: F403  (the names in efficientnet.__all__)
+from .features import EfficientNetFeatures, FeatureInfo
 
-__all__ = list(efficientnet.__all__)
+__all__ = [*efficientnet.__all__, "EfficientNetFeatures", "FeatureInfo"]

@@ -335,8 +335,10 @@ class EfficientNet(nn.Module):
         self.head = ConvBNAct(stages[-1].out_ch, head_channels(cfg), 1, act=cfg.act, **common)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(cfg.dropout if dropout is None else dropout)
-        self.classifier = nn.Linear(head_channels(cfg), num_classes)
-        if self.classifier.weight.device.type != "meta":  # a meta model has no values to init
+        # num_classes=0: no classifier, the forward returns the pooled embedding (as timm)
+        self.classifier = (nn.Linear(head_channels(cfg), num_classes) if num_classes
+                           else nn.Identity())
+        if self.stem.conv.weight.device.type != "meta":  # a meta model has no values to init
             self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -368,19 +370,36 @@ def list_models() -> list[str]:
     return sorted(CONFIGS)
 
 
-def create_model(name: str, **kwargs) -> EfficientNet:
-    """Build a model by name (see :func:`list_models`); kwargs go to :class:`EfficientNet`."""
+def _build(name: str, features_only: bool = False, out_indices=None, **kwargs) -> nn.Module:
+    """The model ``name`` (kwargs go to :class:`EfficientNet`; ``num_classes=0`` drops the
+    classifier: the forward returns the pooled embedding); with ``features_only=True`` the
+    multi-scale backbone :class:`~effnet_kernels.models.features.EfficientNetFeatures` over it,
+    returning the feature maps at ``out_indices`` (default all five, timm's convention)."""
+    from .features import EfficientNetFeatures
+
     if name not in CONFIGS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    return EfficientNet(name, **kwargs)
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices needs features_only=True")
+    model = EfficientNet(name, **kwargs)
+    if not features_only:
+        return model
+    return EfficientNetFeatures(model, out_indices)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a model by name (see :func:`list_models`); kwargs go to :class:`EfficientNet`,
+    except ``features_only`` / ``out_indices`` (a multi-scale backbone, see ``_build``)."""
+    return _build(name, **kwargs)
 
 
 def _constructor(name: str):
-    def build(**kwargs) -> EfficientNet:
-        return EfficientNet(name, **kwargs)
+    def build(**kwargs) -> nn.Module:
+        return _build(name, **kwargs)
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"{name} (random init); kwargs go to :class:`EfficientNet`."
+    build.__doc__ = (f"{name} (random init); kwargs go to :class:`EfficientNet`, except "
+                     "``features_only`` / ``out_indices`` (a multi-scale backbone).")
     return build
 
 
