@@ -60,10 +60,35 @@ def encode(model) -> tuple[list[Tensor], list[int]]:
     return tensors, ints
 
 
+def _float_layers(model) -> str | None:
+    """None when every layer is one the engine knows (the float fused modules), else which is
+    not (e.g. the INT8 model's quantized layers)."""
+    from .nn import FusedDWConvBNAct, PointwiseConvBNAct, SqueezeExcite
+    from .optimize import FrozenLinear, FusedEfficientNet, FusedMBConv, FusedStem
+    if type(model) is not FusedEfficientNet:
+        return f"{type(model).__name__} is not a float FusedEfficientNet"
+    parts = [(model.stem, FusedStem), (model.head, PointwiseConvBNAct),
+             (model.classifier, FrozenLinear)]
+    for stage in model.blocks:
+        for b in stage:
+            parts.append((b, FusedMBConv))
+            if type(b) is FusedMBConv:
+                parts += [(b.dw, FusedDWConvBNAct), (b.project, PointwiseConvBNAct)]
+                parts += [(b.expand, PointwiseConvBNAct)] if b.expand is not None else []
+                parts += [(b.se, SqueezeExcite)] if b.se is not None else []
+    for m, cls in parts:
+        if type(m) is not cls:
+            return f"layer {type(m).__name__} (the engine runs {cls.__name__})"
+    return None
+
+
 def unsupported_reason(model) -> str | None:
     """Why ``model`` cannot use the engine, or None when it can."""
     if registry._C is None:
         return "the compiled extension is not loaded"
+    layers = _float_layers(model)
+    if layers is not None:
+        return layers
     if model.device.type != "cpu":
         return f"the model is on {model.device}"
     if model.dtype not in DTYPE_CODES:

@@ -96,7 +96,7 @@ def test_embedding_matches_timm_pre_logits(name):
     assert rel_err(y0, ref) <= FP32_TOL
     # the full fused model's logits are its classifier on the embedding
     f = ek.optimize(m, backend=BEST_CPU)
-    assert torch.equal(f.classifier(y), f(x))
+    assert rel_err(f.classifier(y), f(x)) <= FP32_TOL  # the CPU engine sums in its own order
 
 
 def test_plain_backbones():
