@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -93,7 +94,7 @@ Linear make_linear(const at::Tensor& w, const at::Tensor& b, DT dt, EAct act, co
   TORCH_CHECK_VALUE(dt == DT::F32 || L.K % 2 == 0, "CpuEngine: ", what,
                     ": bfloat16 needs an even number of input channels, got ", L.K);
   const at::Tensor wf = w.detach().to(at::kFloat).reshape({L.N, L.K}).contiguous();
-  L.packed = at::empty({packed_elems(L.K, L.N)},
+  L.packed = at::empty({packed_elems(L.K, L.N, dt)},
                        at::TensorOptions().dtype(dt == DT::F32 ? at::kFloat : at::kBFloat16));
   pack_weights(wf.data_ptr<float>(), L.N, L.K, dt, L.packed.data_ptr());
   L.bias = at::zeros({round16(L.N)}, at::kFloat);
@@ -126,7 +127,17 @@ void parallel(int64_t n, int64_t grain, const F& fn) {
   at::parallel_for(0, n, std::max<int64_t>(grain, 1), fn);
 }
 
-void run_gemm(const GemmArgs& g) {
+// bfloat16 GEMMs of at least 16 rows go to AMX when the CPU has it (EFFNET_CPU_AMX=0: never).
+bool use_amx(const GemmArgs& g) {
+  static const bool on = [] {
+    const char* env = std::getenv("EFFNET_CPU_AMX");
+    return !(env != nullptr && std::string(env) == "0") && amx_supported();
+  }();
+  return on && g.b_dt == DT::BF16 && g.M >= 16;
+}
+
+void run_gemm(GemmArgs g) {
+  g.amx = use_amx(g);
   const int64_t tiles = gemm_tiles(g);
   // ~8 x 32 x K MACs a tile; below ~64 K MACs of work a chunk is not worth a thread.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(256 * g.K, 1));
@@ -432,7 +443,9 @@ class CpuEngine : public torch::CustomClassHolder {
 
   std::string describe() const {
     std::ostringstream os;
-    os << "CpuEngine(" << (dt_ == DT::F32 ? "float32" : "bfloat16") << ", avx512, "
+    const bool amx = dt_ == DT::BF16 && use_amx(GemmArgs{16, 2, 16, nullptr, 0, nullptr, DT::BF16});
+    os << "CpuEngine(" << (dt_ == DT::F32 ? "float32" : "bfloat16") << ", avx512"
+       << (amx ? "+amx" : "") << ", "
        << blocks_.size() << " blocks)";
     return os.str();
   }
@@ -463,7 +476,7 @@ class CpuEngine : public torch::CustomClassHolder {
       ps = std::max(ps, N * s.oh * round16(B.dw.C));
       cmax = std::max(cmax, round16(B.dw.C));
       if (B.has_se) smax = std::max(smax, round16(B.fc1.N));
-      fold = std::max(fold, packed_elems(B.project.K, B.project.N));
+      fold = std::max(fold, packed_elems(B.project.K, B.project.N, DT::F32));
       h = s.oh, w = s.ow;
       io = std::max(io, N * h * w * B.project.N);
       q.shapes.push_back(s);
@@ -515,6 +528,7 @@ class CpuEngine : public torch::CustomClassHolder {
             g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
             g.bias = B.expand.bias.data_ptr<float>();
             g.y = slot, g.ldy = C, g.y_dt = dt_, g.act = B.expand.act;
+            g.amx = use_amx(g);
             gemm_range(g, 0, gemm_tiles(g));
             done = ih;
           }
@@ -532,6 +546,7 @@ class CpuEngine : public torch::CustomClassHolder {
         const int64_t o = r * d.OW * B.project.N * static_cast<int64_t>(es);
         g.y = out + o, g.ldy = B.project.N, g.y_dt = dt_, g.act = EAct::Identity;
         if (B.residual) g.res = in + o, g.ldr = B.project.N;
+        g.amx = use_amx(g);
         gemm_range(g, 0, gemm_tiles(g));
       }
     });
@@ -558,6 +573,7 @@ class CpuEngine : public torch::CustomClassHolder {
         g.M = OW, g.K = Kp, g.N = stem_.N, g.a = col.data(), g.lda = Kp;
         g.b = stem_.packed.data_ptr(), g.b_dt = dt_, g.bias = stem_.bias.data_ptr<float>();
         g.y = out + (row * OW * stem_.N) * es, g.ldy = stem_.N, g.y_dt = dt_, g.act = stem_.act;
+        g.amx = use_amx(g);
         gemm_range(g, 0, gemm_tiles(g));
       }
     });

@@ -23,8 +23,12 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #define EK_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,avx2")))
 #define EK_INLINE inline __attribute__((always_inline))
@@ -41,6 +45,22 @@ bool kernels_supported(bool bf16) {
   return bf16 ? has_bf16 : avx512;
 #else
   (void)bf16;
+  return false;
+#endif
+}
+
+bool amx_supported() {
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = [] {
+    unsigned eax, ebx, ecx, edx;
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    const bool tile = (edx >> 24) & 1, bf16 = (edx >> 22) & 1;
+    if (!tile || !bf16 || !kernels_supported(true)) return false;
+    // Linux hands out the AMX register state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA).
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return ok;
+#else
   return false;
 #endif
 }
@@ -130,7 +150,7 @@ EK_AVX512 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p0, __mmask16 lm
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-  const int64_t K = g.K, lda = g.lda, pstride = K * 16;
+  const int64_t K = g.K, lda = g.lda, pstride = packed_k(K, sizeof(TI) == 4 ? DT::F32 : DT::BF16) * 16;
   const TI* a = static_cast<const TI*>(g.a) + r0 * lda;
   const TI* b = static_cast<const TI*>(g.b) + p0 * pstride;
   if constexpr (sizeof(TI) == 4) {
@@ -431,13 +451,142 @@ EK_AVX512 void bf16_to_f32_impl(const uint16_t* x, float* y, int64_t n) {
   }
 }
 
+// ---- AMX (bfloat16) -------------------------------------------------------------------------
+// C[32 x 32] per block in four 16 x 16 fp32 tiles (tmm0-3), A as two 16-row x 32-k tiles
+// (tmm4-5) read from a zero-padded copy of the block's rows (32 x Kp), B as two 16-k-pair x 16
+// column tiles (tmm6-7) read straight from the packed panels ([Kp/2][16][2] is the VNNI layout
+// tdpbf16ps wants). Per 32 k: 4 tile loads, 4 tdpbf16ps (16 x 16 x 32 MACs each).
+#define EK_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,avx2")))
+
+struct TileCfg {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+using AmxFn = void (*)(const GemmArgs&, int64_t, int64_t, int64_t, const uint16_t*, int64_t,
+                       int64_t);
+
+template <EAct A, bool RES, typename TO>
+EK_AMX void amx_block(const GemmArgs& g, int64_t m0, int64_t mr, int64_t p0, const uint16_t* ab,
+                      int64_t Kp, int64_t panels) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const uint16_t* b0 = static_cast<const uint16_t*>(g.b) + p0 * Kp * 16;
+  const uint16_t* b1 = b0 + Kp * 16;
+  for (int64_t kb = 0; kb < Kp; kb += 32) {
+    _tile_loadd(4, ab + kb, Kp * 2);
+    _tile_loadd(5, ab + 16 * Kp + kb, Kp * 2);
+    _tile_loadd(6, b0 + kb * 16, 64);
+    _tile_loadd(7, b1 + kb * 16, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float c[32 * 32];
+  _tile_stored(0, c, 128);
+  _tile_stored(1, c + 16, 128);
+  _tile_stored(2, c + 16 * 32, 128);
+  _tile_stored(3, c + 16 * 32 + 16, 128);
+  const int64_t nv = panels - p0 < 2 ? panels - p0 : 2;
+  const __mmask16 last = tail_mask(g.N);
+  const float* bias = g.bias + p0 * 16;
+  for (int64_t r = 0; r < mr; ++r) {
+    TO* y = static_cast<TO*>(g.y) + (m0 + r) * g.ldy + p0 * 16;
+    for (int64_t v = 0; v < nv; ++v) {
+      const __mmask16 m = p0 + v == panels - 1 ? last : static_cast<__mmask16>(0xffff);
+      __m512 t = act512<A>(_mm512_add_ps(_mm512_load_ps(c + r * 32 + v * 16),
+                                         _mm512_loadu_ps(bias + v * 16)));
+      if constexpr (RES) {
+        const TO* res = static_cast<const TO*>(g.res) + (m0 + r) * g.ldr + p0 * 16;
+        t = _mm512_add_ps(t, load_f(res + v * 16, m));
+      }
+      store_f(y + v * 16, t, m);
+    }
+  }
+}
+
+template <bool RES, typename TO>
+AmxFn amx_for_act(EAct a) {
+  switch (a) {
+    case EAct::SiLU:
+      return &amx_block<EAct::SiLU, RES, TO>;
+    case EAct::Sigmoid:
+      return &amx_block<EAct::Sigmoid, RES, TO>;
+    case EAct::ReLU6:
+      return &amx_block<EAct::ReLU6, RES, TO>;
+    case EAct::ReLU:
+      return &amx_block<EAct::ReLU, RES, TO>;
+    case EAct::Identity:
+    default:
+      return &amx_block<EAct::Identity, RES, TO>;
+  }
+}
+
+EK_AMX void amx_config() {
+  TileCfg cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette = 1;
+  for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
+  // Not GCC's _tile_loadconfig: its asm names only the first 8 bytes as read, and GCC 12 then
+  // drops the stores of colsb/rows as dead (ldtilecfg of a zero config: SIGSEGV).
+  __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+}
+
+EK_AMX void amx_release() { _tile_release(); }
+
+// A per-thread buffer for the zero-padded A block (grown, never shrunk).
+uint16_t* amx_scratch(size_t n) {
+  thread_local std::vector<uint16_t> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+void gemm_range_amx(const GemmArgs& g, int64_t t0, int64_t t1) {
+  const bool res = g.res != nullptr;
+  const AmxFn fn = g.y_dt == DT::BF16
+                       ? (res ? amx_for_act<true, uint16_t>(g.act)
+                              : amx_for_act<false, uint16_t>(g.act))
+                       : (res ? amx_for_act<true, float>(g.act) : amx_for_act<false, float>(g.act));
+  const int64_t Kp = packed_k(g.K, DT::BF16), panels = (g.N + 15) / 16;
+  const int64_t col_blocks = (panels + 1) / 2;
+  uint16_t* ab = amx_scratch(static_cast<size_t>(32 * Kp));
+  const uint16_t* a = static_cast<const uint16_t*>(g.a);
+  amx_config();
+  int64_t loaded = -1;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t mb = t / col_blocks, p0 = t % col_blocks * 2, m0 = mb * 32;
+    const int64_t mr = g.M - m0 < 32 ? g.M - m0 : 32;
+    if (mb != loaded) {  // copy the block's rows, zero-padded to 32 x Kp
+      for (int64_t r = 0; r < 32; ++r) {
+        uint16_t* dst = ab + r * Kp;
+        if (r < mr) {
+          std::memcpy(dst, a + (m0 + r) * g.lda, sizeof(uint16_t) * g.K);
+          std::memset(dst + g.K, 0, sizeof(uint16_t) * (Kp - g.K));
+        } else {
+          std::memset(dst, 0, sizeof(uint16_t) * Kp);
+        }
+      }
+      loaded = mb;
+    }
+    fn(g, m0, mr, p0, ab, Kp, panels);
+  }
+  amx_release();
+}
+
 }  // namespace
 
-int64_t packed_elems(int64_t K, int64_t N) { return round16(N) * K; }
+int64_t packed_elems(int64_t K, int64_t N, DT dt) {
+  return dt == DT::F32 ? round16(N) * K : (N + 31) / 32 * 32 * packed_k(K, dt);
+}
 
 void pack_weights(const float* w, int64_t N, int64_t K, DT dt, void* out) {
-  const int64_t panels = (N + 15) / 16;
   if (dt == DT::F32) {
+    const int64_t panels = (N + 15) / 16;
     float* o = static_cast<float*>(out);
     for (int64_t p = 0; p < panels; ++p)
       for (int64_t k = 0; k < K; ++k)
@@ -446,24 +595,30 @@ void pack_weights(const float* w, int64_t N, int64_t K, DT dt, void* out) {
           o[(p * K + k) * 16 + j] = n < N ? w[n * K + k] : 0.0f;
         }
   } else {
+    const int64_t panels = (N + 31) / 32 * 2, Kp = packed_k(K, dt);
     uint16_t* o = static_cast<uint16_t*>(out);
     for (int64_t p = 0; p < panels; ++p)
-      for (int64_t k = 0; k < K; k += 2)
+      for (int64_t k = 0; k < Kp; k += 2)
         for (int64_t j = 0; j < 16; ++j)
           for (int64_t e = 0; e < 2; ++e) {
             const int64_t n = p * 16 + j;
             const float v = n < N && k + e < K ? w[n * K + k + e] : 0.0f;
-            o[p * K * 16 + k * 16 + j * 2 + e] = bf16_bits(v);
+            o[p * Kp * 16 + k * 16 + j * 2 + e] = bf16_bits(v);
           }
   }
 }
 
 int64_t gemm_tiles(const GemmArgs& g) {
+  if (g.amx) return (g.M + 31) / 32 * (((g.N + 15) / 16 + 1) / 2);
   const Tiling t(g);
   return t.row_tiles * t.col_tiles;
 }
 
 void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
+  if (g.amx) {
+    gemm_range_amx(g, t0, t1);
+    return;
+  }
   const TileFn(*table)[4];
   const bool res = g.res != nullptr;
   if (g.b_dt == DT::F32) {

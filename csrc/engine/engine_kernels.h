@@ -19,13 +19,21 @@ inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 // True when this CPU runs the AVX-512 kernels (bf16: also AVX512_BF16).
 bool kernels_supported(bool bf16);
 
+// True when this CPU has AMX-BF16 and Linux granted this process the tile state: bfloat16
+// GEMMs of 16 rows or more then run on the tile unit (GemmArgs.amx).
+bool amx_supported();
+
 // Packed GEMM weights. A weight W (N outputs x K inputs, row-major float32) is stored as
 // ceil(N/16) panels of 16 output columns, zero-padded:
 //   F32:  panel p = [K][16] float          (B[k][16p + j])
-//   BF16: panel p = [K/2][16][2] bfloat16  (the pair (B[2i][16p+j], B[2i+1][16p+j]) adjacent,
-//                                           the operand order of vdpbf16ps); K must be even.
-// Either way a panel is K*16 elements and starts 64-byte aligned when the buffer does.
-int64_t packed_elems(int64_t K, int64_t N);
+//   BF16: panel p = [Kp/2][16][2] bfloat16 (the pair (B[2i][16p+j], B[2i+1][16p+j]) adjacent,
+//                                           the operand order of vdpbf16ps and the VNNI layout
+//                                           of AMX's tdpbf16ps); K must be even, Kp = K rounded
+//                                           up to 32 and the panel count to even (zeros), so
+//                                           AMX tiles of 32 k x 32 columns never read past it.
+// A panel is packed_k(K)*16 elements and starts 64-byte aligned when the buffer does.
+inline int64_t packed_k(int64_t K, DT dt) { return dt == DT::F32 ? K : (K + 31) / 32 * 32; }
+int64_t packed_elems(int64_t K, int64_t N, DT dt);
 void pack_weights(const float* w, int64_t N, int64_t K, DT dt, void* out);
 
 // y[m][n] = act(sum_k a[m][k] * B[k][n] + bias[n]) (+ res[m][n]) for m < M, n < N.
@@ -44,6 +52,7 @@ struct GemmArgs {
   int64_t ldy = 0;
   DT y_dt = DT::F32;
   EAct act = EAct::Identity;
+  bool amx = false;  // bfloat16 on the AMX tiles (needs amx_supported(); blocks of 32 x 32)
 };
 // The GEMM is cut into register tiles (8 rows x 32 columns, or 6 x 64 when N >= 64); tiles
 // [t0, t1) run serially on the caller (the engine spreads tile ranges over threads).
