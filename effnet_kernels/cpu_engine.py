@@ -69,8 +69,8 @@ def _float_layers(model) -> str | None:
         return f"{type(model).__name__} is not a float FusedEfficientNet"
     parts = [(model.stem, FusedStem), (model.head, PointwiseConvBNAct),
              (model.classifier, FrozenLinear)]
-    for stage in model.blocks:
-        for b in stage:
+    for stage in model.blocks:  # stages of blocks, or blocks
+        for b in (stage if type(stage) is torch.nn.Sequential else [stage]):
             parts.append((b, FusedMBConv))
             if type(b) is FusedMBConv:
                 parts += [(b.dw, FusedDWConvBNAct), (b.project, PointwiseConvBNAct)]

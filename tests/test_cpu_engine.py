@@ -28,8 +28,12 @@ HAS_AVX512 = _C is not None and "avx512" in _C.cpu_isas()
 needs_engine = pytest.mark.skipif(
     _C is None or not HAS_AVX512 or not hasattr(torch.classes.effnet, "CpuEngine"),
     reason="the CPU engine needs the extension and an AVX-512 CPU")
-HAS_BF16 = HAS_AVX512 and "avx512_bf16" in open("/proc/cpuinfo").read()
+_CPU_FLAGS = open("/proc/cpuinfo").read() if HAS_AVX512 else ""
+HAS_BF16 = "avx512_bf16" in _CPU_FLAGS
+HAS_AMX = HAS_BF16 and "amx_bf16" in _CPU_FLAGS and "amx_tile" in _CPU_FLAGS
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512_BF16")
+# bf16 GEMMs: AVX512_BF16 (vdpbf16ps) always, AMX tiles where the CPU has them
+BF16_PATHS = ["avx512_bf16"] + (["amx"] if HAS_AMX else [])
 
 pytestmark = [needs_ext, needs_engine]
 
@@ -114,11 +118,13 @@ def _odd_model(act="silu", se=True, padding="symmetric", classes=37, seed=0,
                              requested_backend="cpu")
 
 
-def _engine_out(f, x, fuse_bytes=None, poison=True):
+def _engine_out(f, x, fuse_bytes=None, poison=True, amx=None):
     eng, why = cpu_engine.build(f)
     assert eng is not None, why
     if fuse_bytes is not None:
         eng.set_fuse_bytes(fuse_bytes)
+    if amx is not None:
+        eng.set_amx(amx)
     if poison:  # run once to size the workspace, poison it, run again
         eng.forward(x)
         eng.fill_workspace(float("nan"))
@@ -141,13 +147,15 @@ def test_odd_shapes_fp32(fuse, act, se, padding, shape):
 
 
 @needs_bf16
+@pytest.mark.parametrize("path", BF16_PATHS)
 @pytest.mark.parametrize("fuse", ["fused", "two-pass"])
-@pytest.mark.parametrize("shape", [(1, 3, 13, 11), (3, 3, 35, 29)])
-def test_odd_shapes_bf16(fuse, shape):
-    """bf16 weights and activations, fp32 accumulation: within 2× the per-op path's error."""
+@pytest.mark.parametrize("shape", [(1, 3, 13, 11), (3, 3, 35, 29), (2, 3, 67, 41)])
+def test_odd_shapes_bf16(path, fuse, shape):
+    """bf16 weights and activations, fp32 accumulation, on either GEMM path: within 2× the
+    per-op path's error."""
     f = _odd_model("silu", True, "same", dtype=torch.bfloat16)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    out = _engine_out(f, x, 0 if fuse == "fused" else 1 << 62)
+    out = _engine_out(f, x, 0 if fuse == "fused" else 1 << 62, amx=path == "amx")
     assert out.dtype == torch.bfloat16 and not torch.isnan(out).any()
     ref = forward64(f, x.bfloat16().float())
     f.use_cpu_engine = False
@@ -176,6 +184,18 @@ def test_whole_models_match_source_float64(name, res, kw):
     assert rel_err(out, ref) <= max(2 * eager_err, 1e-5), (rel_err(out, ref), eager_err)
     for fuse in (0, 1 << 62):  # both paths, poisoned workspace
         assert rel_err(_engine_out(f, x, fuse), ref) <= max(2 * eager_err, 1e-5)
+
+
+@needs_bf16
+@pytest.mark.parametrize("path", BF16_PATHS)
+def test_bf16_model_against_fp32(path):
+    """A whole bf16 B0: logits close to the fp32 model's (bf16-level error) on either path."""
+    m = make_ek("efficientnet_b0")
+    x = torch.randn(2, 3, 96, 80)
+    ref = forward64(ek.optimize(m), x)
+    out = _engine_out(ek.optimize(m, dtype=torch.bfloat16), x, amx=path == "amx")
+    assert out.dtype == torch.bfloat16 and not torch.isnan(out).any()
+    assert rel_err(out, ref) <= 2e-2, rel_err(out, ref)
 
 
 def test_results_do_not_depend_on_threads_or_batch():
@@ -225,8 +245,13 @@ def test_when_the_engine_runs_and_when_not():
     # a lower ISA level: the per-op path (its AVX2 / baseline builds)
     old = _C.cpu_isa()
     try:
-        _C.set_cpu_isa("avx2")
-        assert _per_op_calls(f, x) > 0
+        for isa in ("avx2", "baseline"):
+            _C.set_cpu_isa(isa)
+            assert _per_op_calls(f, x) > 0
+            f.use_cpu_engine = False
+            ref = f(x)
+            f.use_cpu_engine = True
+            assert torch.equal(f(x), ref)
     finally:
         _C.set_cpu_isa(old)
     # the reference backend never uses the engine
@@ -285,3 +310,6 @@ def test_bad_input_and_bad_specs():
     eng = torch.classes.effnet.CpuEngine(tensors, ints)
     with pytest.raises(ValueError):
         eng.forward(torch.randn(1, 5, 8, 8))
+    if not HAS_AMX:
+        with pytest.raises(ValueError):
+            eng.set_amx(True)

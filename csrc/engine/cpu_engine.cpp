@@ -127,17 +127,19 @@ void parallel(int64_t n, int64_t grain, const F& fn) {
   at::parallel_for(0, n, std::max<int64_t>(grain, 1), fn);
 }
 
-// bfloat16 GEMMs of at least 16 rows go to AMX when the CPU has it (EFFNET_CPU_AMX=0: never).
-bool use_amx(const GemmArgs& g) {
+// AMX for this process's bfloat16 engines: the CPU has it, Linux granted it, and the
+// environment does not say EFFNET_CPU_AMX=0. (CpuEngine.set_amx overrides it per engine.)
+bool amx_default() {
   static const bool on = [] {
     const char* env = std::getenv("EFFNET_CPU_AMX");
     return !(env != nullptr && std::string(env) == "0") && amx_supported();
   }();
-  return on && g.b_dt == DT::BF16 && g.M >= 16;
+  return on;
 }
 
-void run_gemm(GemmArgs g) {
-  g.amx = use_amx(g);
+// Runs a whole GEMM over ATen's threads; bfloat16 GEMMs of >= 16 rows on AMX when `amx`.
+void run_gemm(GemmArgs g, bool amx) {
+  g.amx = amx && g.b_dt == DT::BF16 && g.M >= 16;
   const int64_t tiles = gemm_tiles(g);
   // ~8 x 32 x K MACs a tile; below ~64 K MACs of work a chunk is not worth a thread.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(256 * g.K, 1));
@@ -326,7 +328,7 @@ class CpuEngine : public torch::CustomClassHolder {
           g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
           g.bias = B.expand.bias.data_ptr<float>();
           g.y = e1, g.ldy = B.expand.N, g.y_dt = dt_, g.act = B.expand.act;
-          run_gemm(g);
+          run_gemm(g, amx_);
           d.x = e1;
           mark("expand", bi);
         }
@@ -347,12 +349,12 @@ class CpuEngine : public torch::CustomClassHolder {
         f1.M = N, f1.K = C, f1.N = B.fc1.N, f1.a = pooled, f1.lda = Cp;
         f1.b = B.fc1.packed.data_ptr(), f1.b_dt = DT::F32, f1.bias = B.fc1.bias.data_ptr<float>();
         f1.y = s1, f1.ldy = round16(B.fc1.N), f1.y_dt = DT::F32, f1.act = B.fc1.act;
-        run_gemm(f1);
+        run_gemm(f1, amx_);
         GemmArgs f2;
         f2.M = N, f2.K = B.fc1.N, f2.N = C, f2.a = s1, f2.lda = round16(B.fc1.N);
         f2.b = B.fc2.packed.data_ptr(), f2.b_dt = DT::F32, f2.bias = B.fc2.bias.data_ptr<float>();
         f2.y = gate, f2.ldy = Cp, f2.y_dt = DT::F32, f2.act = EAct::Sigmoid;
-        run_gemm(f2);
+        run_gemm(f2, amx_);
         mark("se", bi);
         const bool fold = dt_ == DT::F32 && hw > round16(pj.N);
         if (fold) {  // per sample: the gate scales that sample's packed weights
@@ -368,7 +370,7 @@ class CpuEngine : public torch::CustomClassHolder {
             GemmArgs g = pj;
             g.M = hw, g.a = e2 + n * hw * C * es, g.b = fw, g.y = out + n * hw * pj.N * es;
             if (B.residual) g.res = in + n * hw * pj.N * es, g.ldr = pj.N;
-            run_gemm(g);
+            run_gemm(g, amx_);
           }
           mark("project_folded", bi);
           cur = 1 - cur, h = sh.oh, w = sh.ow;
@@ -385,7 +387,7 @@ class CpuEngine : public torch::CustomClassHolder {
       GemmArgs g = pj;
       g.M = rows_out, g.a = e2, g.y = out;
       if (B.residual) g.res = in, g.ldr = pj.N;
-      run_gemm(g);
+      run_gemm(g, amx_);
       mark("project", bi);
       cur = 1 - cur, h = sh.oh, w = sh.ow;
     }
@@ -397,7 +399,7 @@ class CpuEngine : public torch::CustomClassHolder {
       g.M = N * hw, g.K = head_.K, g.N = head_.N, g.a = bufs[cur], g.lda = head_.K;
       g.b = head_.packed.data_ptr(), g.b_dt = dt_, g.bias = head_.bias.data_ptr<float>();
       g.y = hs, g.ldy = round16(head_.N), g.y_dt = DT::F32, g.act = head_.act;
-      run_gemm(g);
+      run_gemm(g, amx_);
       const int64_t ldh = round16(head_.N);
       pool_rows(hs, N, hw, head_.N, ldh, static_cast<float>(hw), pooled, ldh);
       mark("head");
@@ -412,7 +414,7 @@ class CpuEngine : public torch::CustomClassHolder {
       }
       c.b = cls_.packed.data_ptr(), c.b_dt = dt_, c.bias = cls_.bias.data_ptr<float>();
       c.y = logits.data_ptr<float>(), c.ldy = cls_.N, c.y_dt = DT::F32;
-      run_gemm(c);
+      run_gemm(c, amx_);
       mark("classifier");
     }
     return dt_ == DT::F32 ? logits : logits.to(sdt);
@@ -421,6 +423,14 @@ class CpuEngine : public torch::CustomClassHolder {
   // Per-layer wall times of each forward while profiling is on (set_profile(True)): labels
   // and microseconds of the last forward, for benchmarks/NOTES.md.
   void set_profile(bool on) { profile_ = on; }
+  // bfloat16 GEMMs on AMX (true: needs amx_supported(), else ValueError); returns the old.
+  bool set_amx(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    TORCH_CHECK_VALUE(!on || amx_supported(), "CpuEngine: this CPU (or kernel) has no AMX-BF16");
+    const bool old = amx_;
+    amx_ = on;
+    return old;
+  }
   // Blocks whose expanded tensor (bytes per sample) is at least this run fused; returns the old.
   int64_t set_fuse_bytes(int64_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -443,9 +453,8 @@ class CpuEngine : public torch::CustomClassHolder {
 
   std::string describe() const {
     std::ostringstream os;
-    const bool amx = dt_ == DT::BF16 && use_amx(GemmArgs{16, 2, 16, nullptr, 0, nullptr, DT::BF16});
     os << "CpuEngine(" << (dt_ == DT::F32 ? "float32" : "bfloat16") << ", avx512"
-       << (amx ? "+amx" : "") << ", "
+       << (dt_ == DT::BF16 && amx_ ? "+amx" : "") << ", "
        << blocks_.size() << " blocks)";
     return os.str();
   }
@@ -528,7 +537,7 @@ class CpuEngine : public torch::CustomClassHolder {
             g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
             g.bias = B.expand.bias.data_ptr<float>();
             g.y = slot, g.ldy = C, g.y_dt = dt_, g.act = B.expand.act;
-            g.amx = use_amx(g);
+            g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
             gemm_range(g, 0, gemm_tiles(g));
             done = ih;
           }
@@ -546,7 +555,7 @@ class CpuEngine : public torch::CustomClassHolder {
         const int64_t o = r * d.OW * B.project.N * static_cast<int64_t>(es);
         g.y = out + o, g.ldy = B.project.N, g.y_dt = dt_, g.act = EAct::Identity;
         if (B.residual) g.res = in + o, g.ldr = B.project.N;
-        g.amx = use_amx(g);
+        g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
         gemm_range(g, 0, gemm_tiles(g));
       }
     });
@@ -573,7 +582,7 @@ class CpuEngine : public torch::CustomClassHolder {
         g.M = OW, g.K = Kp, g.N = stem_.N, g.a = col.data(), g.lda = Kp;
         g.b = stem_.packed.data_ptr(), g.b_dt = dt_, g.bias = stem_.bias.data_ptr<float>();
         g.y = out + (row * OW * stem_.N) * es, g.ldy = stem_.N, g.y_dt = dt_, g.act = stem_.act;
-        g.amx = use_amx(g);
+        g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
         gemm_range(g, 0, gemm_tiles(g));
       }
     });
@@ -591,6 +600,7 @@ class CpuEngine : public torch::CustomClassHolder {
 
   bool profile_ = false;
   int64_t fuse_bytes_ = kFuseBytes;
+  bool amx_ = amx_default();
   std::vector<std::string> prof_names_;
   std::vector<double> prof_us_;
   std::chrono::steady_clock::time_point prof_t_;
@@ -612,6 +622,7 @@ TORCH_LIBRARY_FRAGMENT(effnet, m) {
       .def("describe", &effnet::engine::CpuEngine::describe)
       .def("set_profile", &effnet::engine::CpuEngine::set_profile)
       .def("set_fuse_bytes", &effnet::engine::CpuEngine::set_fuse_bytes)
+      .def("set_amx", &effnet::engine::CpuEngine::set_amx)
       .def("fill_workspace", &effnet::engine::CpuEngine::fill_workspace)
       .def("profile_names", &effnet::engine::CpuEngine::profile_names)
       .def("profile_us", &effnet::engine::CpuEngine::profile_us);
