@@ -20,6 +20,10 @@ What runs per image (kernels on the ``cpu``/``cuda``/``triton`` backends)::
     head      ops.pointwise_conv(pool_only=True)               conv_head + BN + act + avg pool
     classifier F.linear (dropout is the identity at inference)
 
+On a CPU with AVX-512 the float model (backend "auto"/"cpu", fp32 or bf16) runs all of this as
+one call into the C++ engine (:mod:`effnet_kernels.cpu_engine`; ``f.cpu_engine`` says whether),
+with the per-op path for hooks, tracing and everything else.
+
 A B0 block with expansion and SE is 4 kernels (eager PyTorch: ~14); stage-1 blocks (no expansion)
 are 3; Lite blocks (no SE) 3, and 2 in stage 1. All activations stay channels_last; nothing is
 materialised between the fused ops (the SE-scaled tensor and the head activation map never are).

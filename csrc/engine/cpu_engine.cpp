@@ -156,9 +156,14 @@ constexpr int64_t kFuseBytes = 1 << 20;
 
 // One output row's im2col for the stem: col[ow][(kh*k + kw)*Ci + ci] = x[ih0 + kh][ow*s - pl +
 // kw][ci], zero outside the image and in the padding column(s) up to Kp.
-template <typename T>
+template <typename T, int KCI = 0>
 void im2col_row(const T* x, int64_t H, int64_t W, int64_t Ci, int k, int s, int64_t ih0,
                 int64_t pl, int64_t OW, int64_t Kp, T* col) {
+  // KCI = k * Ci known at compile time (9: every EfficientNet stem): the interior copies inline.
+  if constexpr (KCI == 0) {
+    if (k * Ci == 9) return im2col_row<T, 9>(x, H, W, Ci, k, s, ih0, pl, OW, Kp, col);
+  }
+  const int64_t kci = KCI ? KCI : k * Ci;
   for (int64_t ow = 0; ow < OW; ++ow) {
     T* c = col + ow * Kp;
     const int64_t iw0 = ow * s - pl;
@@ -168,8 +173,8 @@ void im2col_row(const T* x, int64_t H, int64_t W, int64_t Ci, int k, int s, int6
       const bool row_in = ih >= 0 && ih < H;
       const T* xr = x + (ih * W + iw0) * Ci;
       if (row_in && cols_in) {  // the k x Ci taps of this row are contiguous in NHWC
-        std::memcpy(c, xr, sizeof(T) * k * Ci);
-        c += k * Ci;
+        for (int64_t j = 0; j < kci; ++j) c[j] = xr[j];
+        c += kci;
         continue;
       }
       for (int kw = 0; kw < k; ++kw) {
@@ -309,11 +314,12 @@ class CpuEngine : public torch::CustomClassHolder {
       const char* in = bufs[cur];
       char* out = bufs[1 - cur];
       DwArgs d;
-      d.x = in, d.y = e2, d.dt = dt_, d.N = N, d.H = h, d.W = w, d.C = B.dw.C;
+      d.x = in, d.y = e2, d.dt = dt_, d.x_dt = dt_, d.N = N, d.H = h, d.W = w, d.C = B.dw.C;
       d.OH = sh.oh, d.OW = sh.ow, d.k = B.dw.geo.k, d.s = B.dw.geo.s, d.pt = sh.pt, d.pl = sh.pl;
       d.w = B.dw.w.data_ptr<float>(), d.bias = B.dw.bias.data_ptr<float>(), d.act = B.dw.act;
       d.psum = B.has_se ? psum : nullptr;
-      if (B.has_expand && h * w * B.dw.C * static_cast<int64_t>(es) >= fuse_bytes_) {
+      const bool big = h * w * B.dw.C * static_cast<int64_t>(es) >= fuse_bytes_;
+      if (big && (B.has_expand || !B.has_se)) {
         // expand + depthwise (+ project when there is no SE) in one pass over output rows
         run_fused(B, d, in, B.has_se ? nullptr : out);
         mark(B.has_se ? "expand_dw" : "block", bi);
@@ -327,9 +333,9 @@ class CpuEngine : public torch::CustomClassHolder {
           g.M = rows_in, g.K = B.expand.K, g.N = B.expand.N, g.a = in, g.lda = B.expand.K;
           g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
           g.bias = B.expand.bias.data_ptr<float>();
-          g.y = e1, g.ldy = B.expand.N, g.y_dt = dt_, g.act = B.expand.act;
+          g.y = e1, g.ldy = B.expand.N, g.y_dt = DT::F32, g.act = B.expand.act;
           run_gemm(g, amx_);
-          d.x = e1;
+          d.x = e1, d.x_dt = DT::F32;
           mark("expand", bi);
         }
         const int64_t dtasks = dw_tasks(d);
@@ -493,7 +499,7 @@ class CpuEngine : public torch::CustomClassHolder {
     const auto opt = at::TensorOptions().dtype(dt_ == DT::F32 ? at::kFloat : at::kBFloat16);
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     q.io[0] = at::empty({io}, opt), q.io[1] = at::empty({io}, opt);
-    q.e1 = at::empty({ex}, opt), q.e2 = at::empty({ex}, opt);
+    q.e1 = at::empty({ex}, f32), q.e2 = at::empty({ex}, opt);  // e1: expand output, float32
     q.psum = at::empty({ps}, f32), q.pooled = at::empty({N * cmax}, f32);
     q.pooled16 = at::empty({N * cmax}, opt);
     q.s1 = at::empty({N * smax}, f32), q.gate = at::empty({N * cmax}, f32);
@@ -503,7 +509,7 @@ class CpuEngine : public torch::CustomClassHolder {
     return plan_;
   }
 
-  // The fused pass of a block with an expand conv: each thread walks a contiguous range of
+  // The fused pass of a block (with an expand conv, or without SE): each thread walks a contiguous range of
   // output rows (n, oh) keeping a ring of the k expanded input rows they need (k x W x Cexp,
   // L2-sized), computes each expanded row once (plus the k - s halo rows at the start of its
   // range) and runs the depthwise row from the ring, so the expanded tensor never goes to
@@ -512,10 +518,14 @@ class CpuEngine : public torch::CustomClassHolder {
   // go to d.y / d.psum for the SE and the gated projection.
   void run_fused(const Block& B, const DwArgs& d, const char* in, char* out) {
     const size_t es = dt_size(dt_);
-    const int64_t C = B.dw.C, rowbytes = d.W * C * static_cast<int64_t>(es);
+    // expanded rows in float32 (the depthwise converts nothing per tap); else the input's own
+    const int64_t C = B.dw.C, rowbytes = d.W * C * 4;
     const int k = d.k;
+    DwArgs dr = d;
+    dr.x_dt = B.has_expand ? DT::F32 : dt_;
     parallel(d.N * d.OH, 1, [&](int64_t r0, int64_t r1) {
-      std::unique_ptr<char[]> ring(new char[static_cast<size_t>(k * rowbytes)]);
+      std::unique_ptr<char[]> ring(B.has_expand ? new char[static_cast<size_t>(k * rowbytes)]
+                                                : nullptr);
       std::unique_ptr<char[]> dwrow(
           out != nullptr ? new char[static_cast<size_t>(d.OW * C) * es] : nullptr);
       int64_t cur_n = -1, done = -1;  // expanded rows [.., done] of sample cur_n are in the ring
@@ -529,6 +539,10 @@ class CpuEngine : public torch::CustomClassHolder {
             rows[kh] = nullptr;
             continue;
           }
+          if (!B.has_expand) {  // the block input's own rows
+            rows[kh] = in + ((n * d.H + ih) * d.W * C) * static_cast<int64_t>(es);
+            continue;
+          }
           char* slot = ring.get() + (ih % k) * rowbytes;
           if (ih > done) {
             GemmArgs g;
@@ -536,7 +550,7 @@ class CpuEngine : public torch::CustomClassHolder {
             g.a = in + ((n * d.H + ih) * d.W * B.expand.K) * static_cast<int64_t>(es);
             g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
             g.bias = B.expand.bias.data_ptr<float>();
-            g.y = slot, g.ldy = C, g.y_dt = dt_, g.act = B.expand.act;
+            g.y = slot, g.ldy = C, g.y_dt = DT::F32, g.act = B.expand.act;
             g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
             gemm_range(g, 0, gemm_tiles(g));
             done = ih;
@@ -545,10 +559,10 @@ class CpuEngine : public torch::CustomClassHolder {
         }
         float* ps = d.psum != nullptr ? d.psum + r * round16(C) : nullptr;
         if (out == nullptr) {
-          dw_row(d, rows, static_cast<char*>(d.y) + r * d.OW * C * static_cast<int64_t>(es), ps);
+          dw_row(dr, rows, static_cast<char*>(d.y) + r * d.OW * C * static_cast<int64_t>(es), ps);
           continue;
         }
-        dw_row(d, rows, dwrow.get(), ps);
+        dw_row(dr, rows, dwrow.get(), ps);
         GemmArgs g;
         g.M = d.OW, g.K = C, g.N = B.project.N, g.a = dwrow.get(), g.lda = C;
         g.b = B.project.packed.data_ptr(), g.b_dt = dt_, g.bias = B.project.bias.data_ptr<float>();

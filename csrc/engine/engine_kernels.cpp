@@ -254,11 +254,13 @@ struct Tiling {
 // ---- depthwise -----------------------------------------------------------------------------
 // One output row for channels [c0, c0 + 16*CV): rows[kh] is input row (oh*s - pt + kh) of the
 // sample, nullptr where it is padding. K, S compile-time (0: d.k, d.s at run time).
-template <int K, int S, int CV, EAct A, typename T>
+// TI: the input rows' type, TO: the output's (bf16 engines read the expand conv's float32
+// output: one conversion per element instead of one per tap).
+template <int K, int S, int CV, EAct A, typename TI, typename TO>
 struct DwRow {
   // P consecutive output pixels from ow, every tap inside the row (interior).
   template <int P>
-  EK_AVX512 EK_INLINE static void pixels(const DwArgs& d, const T* const* rows, T* y,
+  EK_AVX512 EK_INLINE static void pixels(const DwArgs& d, const TI* const* rows, TO* y,
                                          int64_t c0, int64_t ow, const __mmask16* mk,
                                          const __m512* bias, __m512* sum) {
     const int k = K ? K : d.k, s = S ? S : d.s;
@@ -270,7 +272,7 @@ struct DwRow {
       for (int v = 0; v < CV; ++v) acc[q][v] = bias[v];
 #pragma GCC unroll 5
     for (int kh = 0; kh < k; ++kh) {
-      const T* xr = rows[kh];
+      const TI* xr = rows[kh];
       if (xr == nullptr) continue;
       xr += (ow * s - d.pl) * C + c0;
       const float* wr = d.w + kh * k * Cp + c0;
@@ -297,7 +299,7 @@ struct DwRow {
   }
 
   // One output pixel with the taps clipped to the row (borders).
-  EK_AVX512 EK_INLINE static void border(const DwArgs& d, const T* const* rows, T* y, int64_t c0,
+  EK_AVX512 EK_INLINE static void border(const DwArgs& d, const TI* const* rows, TO* y, int64_t c0,
                                          int64_t ow, const __mmask16* mk, const __m512* bias,
                                          __m512* sum) {
     const int k = K ? K : d.k, s = S ? S : d.s;
@@ -309,7 +311,7 @@ struct DwRow {
 #pragma GCC unroll 4
     for (int v = 0; v < CV; ++v) acc[v] = bias[v];
     for (int kh = 0; kh < k; ++kh) {
-      const T* xr = rows[kh];
+      const TI* xr = rows[kh];
       if (xr == nullptr) continue;
       xr += iw0 * C + c0;
       const float* wr = d.w + kh * k * Cp + c0;
@@ -329,8 +331,8 @@ struct DwRow {
 
   EK_AVX512 static void run(const DwArgs& d, const void* const* rows_v, void* y_v, float* psum,
                             int64_t c0, __mmask16 lm) {
-    const T* const* rows = reinterpret_cast<const T* const*>(rows_v);
-    T* y = static_cast<T*>(y_v);
+    const TI* const* rows = reinterpret_cast<const TI* const*>(rows_v);
+    TO* y = static_cast<TO*>(y_v);
     const int k = K ? K : d.k, s = S ? S : d.s;
     __mmask16 mk[CV];
     __m512 bias[CV], sum[CV];
@@ -359,38 +361,45 @@ struct DwRow {
 
 using DwFn = void (*)(const DwArgs&, const void* const*, void*, float*, int64_t, __mmask16);
 
-template <int K, int S, EAct A, typename T>
+template <int K, int S, EAct A, typename TI, typename TO>
 constexpr DwFn dw_fn(int cv) {
-  return cv == 1 ? &DwRow<K, S, 1, A, T>::run
-         : cv == 2 ? &DwRow<K, S, 2, A, T>::run
-         : cv == 3 ? &DwRow<K, S, 3, A, T>::run
-                   : &DwRow<K, S, 4, A, T>::run;
+  return cv == 1 ? &DwRow<K, S, 1, A, TI, TO>::run
+         : cv == 2 ? &DwRow<K, S, 2, A, TI, TO>::run
+         : cv == 3 ? &DwRow<K, S, 3, A, TI, TO>::run
+                   : &DwRow<K, S, 4, A, TI, TO>::run;
 }
 
-template <EAct A, typename T>
+template <EAct A, typename TI, typename TO>
 DwFn dw_pick_geo(int k, int s, int cv) {
-  if (k == 3 && s == 1) return dw_fn<3, 1, A, T>(cv);
-  if (k == 3 && s == 2) return dw_fn<3, 2, A, T>(cv);
-  if (k == 5 && s == 1) return dw_fn<5, 1, A, T>(cv);
-  if (k == 5 && s == 2) return dw_fn<5, 2, A, T>(cv);
-  return dw_fn<0, 0, A, T>(cv);
+  if (k == 3 && s == 1) return dw_fn<3, 1, A, TI, TO>(cv);
+  if (k == 3 && s == 2) return dw_fn<3, 2, A, TI, TO>(cv);
+  if (k == 5 && s == 1) return dw_fn<5, 1, A, TI, TO>(cv);
+  if (k == 5 && s == 2) return dw_fn<5, 2, A, TI, TO>(cv);
+  return dw_fn<0, 0, A, TI, TO>(cv);
 }
 
-template <typename T>
-DwFn dw_pick(EAct a, int k, int s, int cv) {
+template <typename TI, typename TO>
+DwFn dw_pick_act(EAct a, int k, int s, int cv) {
   switch (a) {
     case EAct::SiLU:
-      return dw_pick_geo<EAct::SiLU, T>(k, s, cv);
+      return dw_pick_geo<EAct::SiLU, TI, TO>(k, s, cv);
     case EAct::Sigmoid:
-      return dw_pick_geo<EAct::Sigmoid, T>(k, s, cv);
+      return dw_pick_geo<EAct::Sigmoid, TI, TO>(k, s, cv);
     case EAct::ReLU6:
-      return dw_pick_geo<EAct::ReLU6, T>(k, s, cv);
+      return dw_pick_geo<EAct::ReLU6, TI, TO>(k, s, cv);
     case EAct::ReLU:
-      return dw_pick_geo<EAct::ReLU, T>(k, s, cv);
+      return dw_pick_geo<EAct::ReLU, TI, TO>(k, s, cv);
     case EAct::Identity:
     default:
-      return dw_pick_geo<EAct::Identity, T>(k, s, cv);
+      return dw_pick_geo<EAct::Identity, TI, TO>(k, s, cv);
   }
+}
+
+// (input, output) dtypes: f32 -> f32, f32 -> bf16, bf16 -> bf16.
+DwFn dw_pick(const DwArgs& d, int cv) {
+  if (d.x_dt == DT::BF16) return dw_pick_act<uint16_t, uint16_t>(d.act, d.k, d.s, cv);
+  return d.dt == DT::F32 ? dw_pick_act<float, float>(d.act, d.k, d.s, cv)
+                         : dw_pick_act<float, uint16_t>(d.act, d.k, d.s, cv);
 }
 
 constexpr int64_t kDwBlock = 64;  // channels per depthwise task (4 zmm)
@@ -643,19 +652,14 @@ void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
 int64_t dw_tasks(const DwArgs& d) { return d.N * d.OH * ((d.C + kDwBlock - 1) / kDwBlock); }
 
 void dw_row(const DwArgs& d, const void* const* rows, void* y_row, float* psum_row) {
-  const bool f32 = d.dt == DT::F32;
   for (int64_t c0 = 0; c0 < d.C; c0 += kDwBlock) {
     const int64_t nc = d.C - c0 < kDwBlock ? d.C - c0 : kDwBlock;
-    const int cv = static_cast<int>((nc + 15) / 16);
-    const DwFn fn = f32 ? dw_pick<float>(d.act, d.k, d.s, cv)
-                        : dw_pick<uint16_t>(d.act, d.k, d.s, cv);
-    fn(d, rows, y_row, psum_row, c0, tail_mask(nc));
+    dw_pick(d, static_cast<int>((nc + 15) / 16))(d, rows, y_row, psum_row, c0, tail_mask(nc));
   }
 }
 
 void dw_range(const DwArgs& d, int64_t t0, int64_t t1) {
-  const bool f32 = d.dt == DT::F32;
-  const size_t es = f32 ? 4 : 2;
+  const size_t xs = d.x_dt == DT::F32 ? 4 : 2, ys = d.dt == DT::F32 ? 4 : 2;
   const int64_t cblocks = (d.C + kDwBlock - 1) / kDwBlock;
   const void* rows[kDwMaxK];
   for (int64_t t = t0; t < t1; ++t) {
@@ -665,13 +669,11 @@ void dw_range(const DwArgs& d, int64_t t0, int64_t t1) {
       const int64_t ih = oh * d.s - d.pt + kh;
       rows[kh] = ih < 0 || ih >= d.H ? nullptr
                                      : static_cast<const char*>(d.x) +
-                                           ((n * d.H + ih) * d.W * d.C) * es;
+                                           ((n * d.H + ih) * d.W * d.C) * xs;
     }
-    const int cv = static_cast<int>((nc + 15) / 16);
-    const DwFn fn = f32 ? dw_pick<float>(d.act, d.k, d.s, cv)
-                        : dw_pick<uint16_t>(d.act, d.k, d.s, cv);
     float* ps = d.psum != nullptr ? d.psum + row * round16(d.C) : nullptr;
-    fn(d, rows, static_cast<char*>(d.y) + row * d.OW * d.C * es, ps, c0, tail_mask(nc));
+    dw_pick(d, static_cast<int>((nc + 15) / 16))(
+        d, rows, static_cast<char*>(d.y) + row * d.OW * d.C * ys, ps, c0, tail_mask(nc));
   }
 }
 

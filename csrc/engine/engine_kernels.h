@@ -60,13 +60,14 @@ int64_t gemm_tiles(const GemmArgs& g);
 void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1);
 
 // Depthwise k x k conv, stride s, zero padding (top pt, left pl), NHWC x (N,H,W,C) -> y
-// (N,OH,OW,C), y = act(conv + bias), same dtype both sides (dt). w: float32 [k*k][round16(C)],
+// (N,OH,OW,C), y = act(conv + bias) (x in x_dt, y in dt). w: float32 [k*k][round16(C)],
 // bias float32 [round16(C)], zero-padded. psum (optional): float32 [N][OH][round16(C)], each
 // output row's per-channel sum of y (the SE squeeze, reduced by pool_rows).
 struct DwArgs {
   const void* x = nullptr;
   void* y = nullptr;
-  DT dt = DT::F32;
+  DT dt = DT::F32;    // y's dtype
+  DT x_dt = DT::F32;  // x's: dt, or float32 under a bfloat16 y (not bfloat16 under float32)
   int64_t N = 0, H = 0, W = 0, C = 0, OH = 0, OW = 0;
   int k = 3, s = 1, pt = 0, pl = 0;
   const float* w = nullptr;
