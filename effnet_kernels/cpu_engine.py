@@ -2,10 +2,10 @@
 
 ``torch.classes.effnet.CpuEngine`` (``csrc/engine/``) holds the model's folded weights prepacked
 for its AVX-512 microkernels (1×1 convs as register-blocked GEMMs with bias / act / residual
-fused; NHWC depthwise conv with the SE squeeze; bfloat16 through AVX512_BF16 ``vdpbf16ps`` with
-float32 accumulation) and runs stem → blocks → head → classifier on buffers it owns: no Python,
-no dispatcher call and no allocation per layer. Layers are spread over ATen's threads
-(``torch.set_num_threads``).
+fused; NHWC depthwise conv with the SE squeeze; bfloat16 GEMMs on AMX tiles where the CPU has
+AMX-BF16, else AVX512_BF16 ``vdpbf16ps``, float32 accumulation either way) and runs stem →
+blocks → head → classifier on a workspace it keeps per input shape: no Python and no dispatcher
+call per layer. Layers are spread over ATen's threads (``torch.set_num_threads``).
 
 :func:`attach` builds it for an optimized model when it can (CPU, float32 or bfloat16, requested
 backend ``"auto"`` or ``"cpu"``, a CPU with AVX-512 — and AVX512_BF16 for bfloat16 — and the
@@ -14,8 +14,11 @@ the per-op path otherwise (hooks on its modules, ``torch.compile`` / ``torch.exp
 another ISA level chosen through ``EFFNET_CPU_ISA`` / ``set_cpu_isa``, empty inputs).
 ``model.cpu_engine`` says which is in use; ``model.use_cpu_engine = False`` turns it off.
 
-The engine copies the weights when it is built: after editing the model's buffers in place,
-call ``model.refresh_cpu_engine()`` (``load_state_dict``, ``.to()`` and friends do it).
+The engine copies the weights when it is built; the model rebuilds it when any of its buffers
+changed (in place: version counters; replaced or reassigned, also by ``functional_call`` or a
+module swap: tensor identities), checked before each engine forward. What it does not notice:
+edits to module attributes that are not tensors (an ``act`` string, ``use_residual``) — call
+``model.refresh_cpu_engine()`` after those.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import registry
+from .nn import _hooked
 
 ACT_CODES = {"identity": 0, "relu": 1, "relu6": 2, "silu": 3}
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
@@ -40,7 +44,7 @@ def _geo(k: int, stride: int, padding) -> list[int]:
 
 def encode(model) -> tuple[list[Tensor], list[int]]:
     """The (tensors, ints) spec of ``CpuEngine(tensors, ints)`` for a FusedEfficientNet."""
-    blocks = model.fused_blocks()
+    blocks = list(_blocks_in_order(model))
     stem, head = model.stem, model.head
     ints = [1, DTYPE_CODES[model.dtype], len(blocks), ACT_CODES[stem.act], ACT_CODES[head.act],
             *_geo(stem.kernel_size, stem.stride, stem.padding)]
@@ -60,6 +64,12 @@ def encode(model) -> tuple[list[Tensor], list[int]]:
     return tensors, ints
 
 
+def _blocks_in_order(model):
+    """The blocks as the forward runs them (stages of blocks, or blocks; repeats kept)."""
+    for stage in model.blocks:
+        yield from (stage if type(stage) is torch.nn.Sequential else [stage])
+
+
 def _float_layers(model) -> str | None:
     """None when every layer is one the engine knows (the float fused modules), else which is
     not (e.g. the INT8 model's quantized layers)."""
@@ -69,16 +79,21 @@ def _float_layers(model) -> str | None:
         return f"{type(model).__name__} is not a float FusedEfficientNet"
     parts = [(model.stem, FusedStem), (model.head, PointwiseConvBNAct),
              (model.classifier, FrozenLinear)]
-    for stage in model.blocks:  # stages of blocks, or blocks
-        for b in (stage if type(stage) is torch.nn.Sequential else [stage]):
-            parts.append((b, FusedMBConv))
-            if type(b) is FusedMBConv:
-                parts += [(b.dw, FusedDWConvBNAct), (b.project, PointwiseConvBNAct)]
-                parts += [(b.expand, PointwiseConvBNAct)] if b.expand is not None else []
-                parts += [(b.se, SqueezeExcite)] if b.se is not None else []
+    for b in _blocks_in_order(model):
+        parts.append((b, FusedMBConv))
+        if type(b) is FusedMBConv:
+            parts += [(b.dw, FusedDWConvBNAct), (b.project, PointwiseConvBNAct)]
+            parts += [(b.expand, PointwiseConvBNAct)] if b.expand is not None else []
+            parts += [(b.se, SqueezeExcite)] if b.se is not None else []
     for m, cls in parts:
         if type(m) is not cls:
             return f"layer {type(m).__name__} (the engine runs {cls.__name__})"
+    for b in _blocks_in_order(model):
+        if b.project.act != "identity":
+            return f"a projection with act={b.project.act!r} (the engine's is linear)"
+    for name, t in model.named_buffers():
+        if t.device.type != "cpu" or t.dtype != model.dtype:
+            return f"buffer {name} is {t.dtype} on {t.device} (the model: {model.dtype} on cpu)"
     return None
 
 
@@ -108,8 +123,52 @@ def build(model):
     tensors, ints = encode(model)
     try:
         return torch.classes.effnet.CpuEngine(tensors, ints), None
-    except RuntimeError as e:  # no AVX-512 / AVX512_BF16, odd widths in bfloat16
-        return None, str(e).splitlines()[0]
+    except (RuntimeError, ValueError) as e:  # no AVX-512 / AVX512_BF16, odd widths in bf16,
+        return None, str(e).splitlines()[0]   # a depthwise kernel over 15, ...
+
+
+def _stamp(t: Tensor) -> int:
+    """A tensor's version counter (bumped by every in-place write); inference tensors have
+    none: their data pointer."""
+    return t.data_ptr() if t.is_inference() else t._version
+
+
+class Snapshot:
+    """What an engine was built from, checked before each engine forward in flat loops (~40 µs
+    for B0, against ~180 µs for walking the module tree): every module's buffers (identity and
+    version), every parent → child link (a swapped module), and the modules themselves (for
+    hooks)."""
+
+    __slots__ = ("modules", "buffers", "children")
+
+    def __init__(self, model) -> None:
+        self.modules = list(model.modules())
+        self.buffers = [(m._buffers, n, t, _stamp(t)) for m in self.modules
+                        for n, t in m._buffers.items() if t is not None]
+        self.children = [(m._modules, n, c) for m in self.modules for n, c in m._modules.items()]
+
+    def changed(self) -> bool:
+        for d, n, t, v in self.buffers:
+            u = d.get(n)
+            if u is not t or _stamp(u) != v:
+                return True
+        return any(d.get(n) is not c for d, n, c in self.children)
+
+    def hooked(self) -> bool:
+        return any(_hooked(m) for m in self.modules)
+
+
+def uses_engine(x) -> bool:
+    """True when ``x`` is a plain CPU float tensor outside any tracing or dispatch mode (fake
+    tensors, ``torch.jit.trace``, ``TorchDispatchMode``s, ``torch.compile``/``export``)."""
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dim() == 4
+            and x.is_floating_point() and x.numel() > 0 and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and _dispatch_mode() is None)
+
+
+def _dispatch_mode():
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    return _get_current_dispatch_mode()
 
 
 def isa_allows() -> bool:

@@ -20,9 +20,9 @@ What runs per image (kernels on the ``cpu``/``cuda``/``triton`` backends)::
     head      ops.pointwise_conv(pool_only=True)               conv_head + BN + act + avg pool
     classifier F.linear (dropout is the identity at inference)
 
-On a CPU with AVX-512 the float model (backend "auto"/"cpu", fp32 or bf16) runs all of this as
-one call into the C++ engine (:mod:`effnet_kernels.cpu_engine`; ``f.cpu_engine`` says whether),
-with the per-op path for hooks, tracing and everything else.
+On a CPU with AVX-512 (bf16: and AVX512_BF16) the float model (backend "auto"/"cpu") runs all
+of this as one call into the C++ engine (:mod:`effnet_kernels.cpu_engine`; ``f.cpu_engine`` says
+whether), with the per-op path for hooks, tracing and everything else.
 
 A B0 block with expansion and SE is 4 kernels (eager PyTorch: ~14); stage-1 blocks (no expansion)
 are 3; Lite blocks (no SE) 3, and 2 in stage 1. All activations stay channels_last; nothing is
@@ -83,7 +83,6 @@ from .nn import (
     FusedDWConvBNAct,
     PointwiseConvBNAct,
     SqueezeExcite,
-    _hooked,
     act_name,
     call,
     fold_bn,
@@ -242,7 +241,7 @@ class FusedEfficientNet(nn.Module):
         self._cpu_engine = None
         self._cpu_engine_reason: str | None = None
         self._cpu_engine_stale = True
-        self._hook_modules: list[nn.Module] | None = None
+        self._cpu_engine_key: cpu_engine.Snapshot | None = None
         self.register_load_state_dict_post_hook(_engine_stale_hook)
 
     def _apply(self, fn, recurse: bool = True):
@@ -332,25 +331,24 @@ class FusedEfficientNet(nn.Module):
         return self._cpu_engine.describe()
 
     def refresh_cpu_engine(self) -> None:
-        """Rebuild the engine from the current buffers (after editing them in place)."""
+        """Rebuild the engine from the current buffers (after changing a module attribute the
+        buffer check cannot see, e.g. an ``act``)."""
         self._cpu_engine, self._cpu_engine_reason = cpu_engine.build(self)
         self._cpu_engine_stale = False
-        self._hook_modules = list(self.modules())
+        self._cpu_engine_key = cpu_engine.Snapshot(self)
 
     def _engine_for(self, x):
-        """The engine when this forward can run on it: plain CPU float input, no hooks, not
-        traced, the AVX-512 ISA level active; else None (the per-op path, which also raises
-        the input errors)."""
-        if not self.use_cpu_engine or torch.compiler.is_compiling():
+        """The engine when this forward can run on it: plain CPU float input outside tracing
+        and dispatch modes, no hooks, the AVX-512 ISA level active, buffers unchanged since it
+        was built (else it is rebuilt); otherwise None (the per-op path, which also raises the
+        input errors)."""
+        if not (self.use_cpu_engine and cpu_engine.uses_engine(x)):
             return None
-        if self._cpu_engine_stale:
+        if self._cpu_engine_stale or self._cpu_engine_key.changed():
             self.refresh_cpu_engine()
         eng = self._cpu_engine
-        if eng is None or not (isinstance(x, Tensor) and x.device.type == "cpu"
-                               and x.dim() == 4 and x.is_floating_point() and x.numel() > 0
-                               and x.shape[1] == self.stem.weight.shape[1]):
-            return None
-        if any(_hooked(m) for m in self._hook_modules) or not cpu_engine.isa_allows():
+        if eng is None or x.shape[1] != self.stem.weight.shape[1] \
+                or self._cpu_engine_key.hooked() or not cpu_engine.isa_allows():
             return None
         return eng
 
@@ -403,8 +401,15 @@ class FusedEfficientNet(nn.Module):
         state = self.__dict__.copy()
         state["_graphs"] = OrderedDict()
         state["_cpu_engine"], state["_cpu_engine_stale"] = None, True  # rebuilt on first use
-        state["_hook_modules"] = None
+        state["_cpu_engine_key"] = None
         return state
+
+    def __setstate__(self, state):
+        # models pickled before the CPU engine existed: its attributes, off until first use
+        state.setdefault("use_cpu_engine", True)
+        state.setdefault("_cpu_engine_reason", None)
+        state["_cpu_engine"], state["_cpu_engine_stale"], state["_cpu_engine_key"] = None, True, None
+        super().__setstate__(state)
 
 
 def _engine_stale_hook(module: FusedEfficientNet, incompatible_keys) -> None:

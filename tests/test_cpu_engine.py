@@ -82,12 +82,13 @@ def forward64(f: FusedEfficientNet, x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------ hand-built odd models
 def _odd_model(act="silu", se=True, padding="symmetric", classes=37, seed=0,
-               dtype=torch.float32) -> FusedEfficientNet:
+               dtype=torch.float32, generic=False, even=None) -> FusedEfficientNet:
     """Stem 3→37 (k3 s2), blocks covering k3/k5, s1/s2, residual, no-expand, C = 37 / 74 /
     222 (not multiples of 16; bf16 needs even widths: 38 etc. when dtype is bf16)."""
     g = torch.Generator().manual_seed(seed)
-    even = dtype == torch.bfloat16
+    even = dtype == torch.bfloat16 if even is None else even
     c0, c1, e = (38, 38, 114) if even else (37, 37, 111)
+    k_big, k_stem = (7, 5) if generic else (5, 3)  # generic: the run-time-k depthwise / im2col
 
     def r(*shape, scale=1.0):
         return ((torch.rand(*shape, generator=g) * 2 - 1) * scale).to(dtype)
@@ -106,11 +107,11 @@ def _odd_model(act="silu", se=True, padding="symmetric", classes=37, seed=0,
 
     blocks = [
         FusedMBConv(None, dwc(c0, 3, 1), sqz(c0, 9), pw(c0, c1, "identity"), True),
-        FusedMBConv(pw(c1, e, act), dwc(e, 5, 2), sqz(e, 9), pw(e, c1, "identity"), False),
+        FusedMBConv(pw(c1, e, act), dwc(e, k_big, 2), sqz(e, 9), pw(e, c1, "identity"), False),
         FusedMBConv(pw(c1, e, act), dwc(e, 3, 1), sqz(e, 9), pw(e, c1, "identity"), True),
         FusedMBConv(pw(c1, e, act), dwc(e, 3, 2), sqz(e, 9), pw(e, 2 * c1, "identity"), False),
     ]
-    stem = FusedStem(r(c0, 3, 3, 3, scale=0.5), r(c0, scale=0.2), 2, padding, act, "cpu")
+    stem = FusedStem(r(c0, 3, k_stem, k_stem, scale=0.5), r(c0, scale=0.2), 2, padding, act, "cpu")
     head = pw(2 * c1, 3 * c1 + 1 if not even else 3 * c1, act)
     cls = FrozenLinear(r(classes, head.weight.shape[0], scale=0.1), r(classes, scale=0.1))
     be = {"bias_act": "cpu", "dwconv_bias_act": "cpu", "se_gate": "cpu", "pointwise_conv": "cpu"}
@@ -137,8 +138,9 @@ def _engine_out(f, x, fuse_bytes=None, poison=True, amx=None):
                                             ("relu6", False, "same"),
                                             ("relu", True, "same")])
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (3, 3, 13, 11), (1, 3, 35, 29), (3, 3, 8, 9)])
-def test_odd_shapes_fp32(fuse, act, se, padding, shape):
-    f = _odd_model(act, se, padding)
+@pytest.mark.parametrize("generic", [False, True])
+def test_odd_shapes_fp32(fuse, act, se, padding, shape, generic):
+    f = _odd_model(act, se, padding, generic=generic)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     out = _engine_out(f, x, 0 if fuse == "fused" else 1 << 62)
     assert out.dtype == torch.float32 and out.shape == (shape[0], 37)
@@ -150,10 +152,11 @@ def test_odd_shapes_fp32(fuse, act, se, padding, shape):
 @pytest.mark.parametrize("path", BF16_PATHS)
 @pytest.mark.parametrize("fuse", ["fused", "two-pass"])
 @pytest.mark.parametrize("shape", [(1, 3, 13, 11), (3, 3, 35, 29), (2, 3, 67, 41)])
-def test_odd_shapes_bf16(path, fuse, shape):
-    """bf16 weights and activations, fp32 accumulation, on either GEMM path: within 2× the
-    per-op path's error."""
-    f = _odd_model("silu", True, "same", dtype=torch.bfloat16)
+@pytest.mark.parametrize("se", [True, False])
+def test_odd_shapes_bf16(path, fuse, shape, se):
+    """bf16 weights and activations, fp32 accumulation, on either GEMM path, with SE and without
+    (the fused pass then also runs the projection): within 2× the per-op path's error."""
+    f = _odd_model("silu", se, "same", dtype=torch.bfloat16)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     out = _engine_out(f, x, 0 if fuse == "fused" else 1 << 62, amx=path == "amx")
     assert out.dtype == torch.bfloat16 and not torch.isnan(out).any()
@@ -213,41 +216,56 @@ def test_results_do_not_depend_on_threads_or_batch():
     assert torch.equal(torch.cat([f(x[i:i + 1]) for i in range(3)]), one)
 
 
-class _Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.effnet_ops = 0
+class _Spy:
+    """Stands in for a model's engine and counts the forwards that reach it."""
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.effnet_ops += str(func.overloadpacket).startswith("effnet.")
-        return func(*args, **(kwargs or {}))
+    def __init__(self, eng):
+        self.eng, self.calls = eng, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.eng.forward(x)
+
+    def describe(self):
+        return self.eng.describe()
 
 
-def _per_op_calls(f, x) -> int:
-    with _Count() as c, torch.no_grad():
+def _engine_calls(f, x, ctx=None) -> int:
+    """How many engine forwards one f(x) makes (0: the per-op path ran)."""
+    f.refresh_cpu_engine()
+    if f._cpu_engine is None:
+        return 0
+    spy = f._cpu_engine = _Spy(f._cpu_engine)
+    with torch.no_grad(), (ctx or torch.no_grad()):
         f(x)
-    return c.effnet_ops
+    return spy.calls
 
 
 def test_when_the_engine_runs_and_when_not():
     f = ek.optimize(make_ek("efficientnet_b0"))
     x = torch.randn(1, 3, 32, 32)
-    assert _per_op_calls(f, x) == 0  # the engine: one C++ call
+    assert _engine_calls(f, x) == 1  # one C++ call
     f.use_cpu_engine = False
-    assert _per_op_calls(f, x) > 0
+    assert _engine_calls(f, x) == 0
     f.use_cpu_engine = True
     # a hook on any module: the per-op path (the hook is called)
     seen = []
     h = f.blocks[2][0].dw.register_forward_hook(lambda m, i, o: seen.append(1))
-    assert _per_op_calls(f, x) > 0 and seen
+    assert _engine_calls(f, x) == 0 and seen
     h.remove()
-    assert _per_op_calls(f, x) == 0
+    assert _engine_calls(f, x) == 1
+    # dispatch modes, fake tensors and jit tracing: the per-op path
+    assert _engine_calls(f, x, _CountMode()) == 0
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        assert f(mode.from_tensor(x)).shape == (1, 1000)
+    assert _engine_calls(f, x) == 1  # and the engine still works afterwards
     # a lower ISA level: the per-op path (its AVX2 / baseline builds)
     old = _C.cpu_isa()
     try:
         for isa in ("avx2", "baseline"):
             _C.set_cpu_isa(isa)
-            assert _per_op_calls(f, x) > 0
+            assert _engine_calls(f, x) == 0
             f.use_cpu_engine = False
             ref = f(x)
             f.use_cpu_engine = True
@@ -260,6 +278,62 @@ def test_when_the_engine_runs_and_when_not():
     # fp16 has no engine
     assert ek.optimize(make_ek("efficientnet_b0"), dtype=torch.float16).cpu_engine.startswith(
         "off (dtype torch.float16")
+
+
+class _CountMode(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_models_the_engine_refuses_run_per_op():
+    """What the engine cannot run is declined with a reason, never crashed on."""
+    x = torch.randn(2, 3, 35, 29)
+    # bf16 with odd widths (vdpbf16ps pairs channels): declined at build
+    f = _odd_model("silu", True, "same", dtype=torch.bfloat16, even=False)
+    assert f.cpu_engine.startswith("off (CpuEngine: stem: bfloat16 needs an even") or \
+        "even number" in f.cpu_engine, f.cpu_engine
+    assert _engine_calls(f, x) == 0 and not torch.isnan(f(x)).any()
+    # a projection with an activation, a buffer of another dtype
+    f = _odd_model()
+    f.blocks[1].project.act = "relu"
+    f.refresh_cpu_engine()
+    assert "projection with act='relu'" in f.cpu_engine
+    f = _odd_model()
+    f.head.bias = f.head.bias.double()
+    assert "buffer head.bias is torch.float64" in f.cpu_engine
+    # a residual block whose padding changes the size: the per-op path's error, also from the
+    # engine
+    f = _odd_model()
+    f.blocks[0].dw.padding = (0, 0, 0, 0)
+    f.refresh_cpu_engine()
+    with pytest.raises(ValueError):
+        f(x)
+
+
+def test_buffers_changed_any_way_rebuild_the_engine():
+    f = ek.optimize(make_ek("efficientnet_b0"))
+    g = ek.optimize(make_ek("efficientnet_b0", seed=1))
+    x = torch.randn(2, 3, 40, 40)
+    ref = g(x)
+    f(x)
+    # functional_call with the other model's buffers
+    out = torch.func.functional_call(f, dict(g.named_buffers()), (x,))
+    assert torch.equal(out, ref)
+    assert not torch.equal(f(x), ref)  # and back to its own
+    # a reassigned buffer, an in-place edit
+    f.classifier.bias = g.classifier.bias.clone()
+    with torch.no_grad():
+        f.head.weight.copy_(g.head.weight)
+    f.use_cpu_engine = False
+    per_op = f(x)
+    f.use_cpu_engine = True
+    assert torch.allclose(f(x), per_op, rtol=1e-5, atol=1e-5)
+    # a swapped module
+    f.blocks[3] = g.blocks[3]
+    f.use_cpu_engine = False
+    per_op = f(x)
+    f.use_cpu_engine = True
+    assert torch.allclose(f(x), per_op, rtol=1e-5, atol=1e-5)
 
 
 def test_engine_follows_state_dict_and_copies():
@@ -287,7 +361,11 @@ def test_compile_uses_the_per_op_path():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         ref = f(x)
-        out = torch.compile(f, backend="eager", fullgraph=False)(x)
+    f.refresh_cpu_engine()
+    spy = f._cpu_engine = _Spy(f._cpu_engine)
+    with torch.no_grad():
+        out = torch.compile(f, backend="eager", fullgraph=True)(x)
+    assert spy.calls == 0  # traced through the registered ops, not the engine
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 

@@ -7,11 +7,13 @@
 //   stem: k x k conv as a per-row im2col + GEMM (+ bias + act)
 //   per MBConv: [expand GEMM + act] -> depthwise + act + SE row sums -> [SE: pool, fc1 + SiLU,
 //               fc2 + sigmoid on the pooled rows; the gate scales the depthwise output in place
-//               or, when that is cheaper (HW > Cout), is folded into a per-sample copy of the
-//               projection's packed weights] -> project GEMM (+ residual)
+//               or, in float32 engines when that is cheaper (HW > Cout), is folded into a
+//               per-sample copy of the projection's packed weights] -> project GEMM (+ residual);
+//               expand + depthwise (+ project) fused over row bands for large tensors
 //   head GEMM + act -> mean pool -> classifier GEMM -> logits.
-// No Python, no dispatcher and no allocation per layer: the activations live in a workspace
-// kept per input shape (a mutex serialises concurrent forwards of one engine). Each layer is
+// No Python and no dispatcher per layer: the activations live in a workspace kept per input
+// shape (a mutex serialises concurrent forwards of one engine); the only allocations per forward
+// are the fused pass's row rings and the stem's im2col rows, per thread. Each layer is
 // spread over at::parallel_for (so torch.set_num_threads is respected, and nothing else runs
 // threads at the same time). float32, or bfloat16 activations/weights with float32
 // accumulation (the SE FCs stay float32). Needs AVX-512 (bf16: AVX512_BF16).
@@ -149,8 +151,9 @@ void run_gemm(GemmArgs g, bool amx) {
 size_t dt_size(DT dt) { return dt == DT::F32 ? 4 : 2; }
 
 // A block's expand + depthwise run fused (run_fused) when its expanded tensor, per sample, is at
-// least this large (it would not stay in L2 between the two passes); smaller ones run as two
-// whole-tensor passes, which parallelise better on few rows (no halo rows recomputed).
+// least this large in the activation dtype (it would not stay in L2 between the two passes;
+// bf16 engines count 2 bytes an element although their expand output is float32); smaller ones
+// run as two whole-tensor passes, which parallelise better on few rows (no halo recompute).
 // CpuEngine.set_fuse_bytes changes it (tests force both paths).
 constexpr int64_t kFuseBytes = 1 << 20;
 
@@ -197,6 +200,10 @@ class CpuEngine : public torch::CustomClassHolder {
   //          dw b, [se w1 (S, C), b1, w2 (C, S), b2], project w, b; head w, b; classifier w, b.
   CpuEngine(std::vector<at::Tensor> t, std::vector<int64_t> ints) {
     TORCH_CHECK_VALUE(ints.size() >= 12 && ints[0] == 1, "CpuEngine: unknown spec format");
+    for (const at::Tensor& x : t)  // read on the host below: CPU floats only
+      TORCH_CHECK_VALUE(x.defined() && x.device().is_cpu() && x.is_floating_point() &&
+                            x.has_storage(),
+                        "CpuEngine: every weight must be a CPU float tensor");
     const bool bf16 = ints[1] == 1;
     TORCH_CHECK(kernels_supported(bf16), "CpuEngine: this CPU lacks AVX-512",
                 bf16 ? " with AVX512_BF16" : "", "; use the per-op CPU kernels");
@@ -450,12 +457,25 @@ class CpuEngine : public torch::CustomClassHolder {
     std::lock_guard<std::mutex> lock(mu_);
     Plan& p = plan_;
     if (p.N < 0) return;
+    const float f = static_cast<float>(value);
+    const at::BFloat16 h(f);
     for (at::Tensor* t : {&p.io[0], &p.io[1], &p.e1, &p.e2, &p.psum, &p.pooled, &p.pooled16, &p.s1,
-                          &p.gate, &p.fold, &p.head})
-      t->fill_(value);
+                          &p.gate, &p.fold, &p.head}) {  // raw stores: also inference tensors
+      if (t->scalar_type() == at::kFloat) {
+        std::fill_n(t->data_ptr<float>(), t->numel(), f);
+      } else {
+        std::fill_n(t->data_ptr<at::BFloat16>(), t->numel(), h);
+      }
+    }
   }
-  std::vector<std::string> profile_names() const { return prof_names_; }
-  std::vector<double> profile_us() const { return prof_us_; }
+  std::vector<std::string> profile_names() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return prof_names_;
+  }
+  std::vector<double> profile_us() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return prof_us_;
+  }
 
   std::string describe() const {
     std::ostringstream os;
@@ -487,6 +507,8 @@ class CpuEngine : public torch::CustomClassHolder {
     for (const Block& B : blocks_) {
       Shape s;
       B.dw.geo.out(h, w, &s.pt, &s.pl, &s.oh, &s.ow);
+      TORCH_CHECK_VALUE(!B.residual || (s.oh == h && s.ow == w), "CpuEngine: a residual block ",
+                        "maps ", h, "x", w, " to ", s.oh, "x", s.ow, " (its padding changes the size)");
       ex = std::max({ex, N * h * w * B.dw.C, N * s.oh * s.ow * B.dw.C});
       ps = std::max(ps, N * s.oh * round16(B.dw.C));
       cmax = std::max(cmax, round16(B.dw.C));

@@ -4,9 +4,10 @@
 // columns (16 zmm accumulators) runs over the whole K: per k, NV packed weight vectors are
 // loaded, each row's a[m][k] is broadcast and FMA'd (fp32) — or, in bfloat16, the pair
 // (a[m][k], a[m][k+1]) is broadcast as one 32-bit value and vdpbf16ps does two k's at once
-// (fp32 accumulation). The 8 x K block of A stays in L1 while the tile walks the columns; the
-// packed panels stream from L2. Epilogue in registers: + bias, act, + residual, cast, masked
-// store of the last partial vector. No K blocking: K <= 1152 x 8 rows x 4 B = 36 KiB.
+// (fp32 accumulation). The 8 x K block of A stays in L1 while the tile walks the columns (for
+// B0-B3 widths: K <= 1152 x 8 rows x 4 B = 36 KiB; B7's K = 3840 spills to L2); the packed
+// panels stream from L2. Epilogue in registers: + bias, act, + residual, cast, masked store of
+// the last partial vector. No K blocking.
 //
 // Depthwise: for one output row and a block of up to 64 channels (4 zmm), each output pixel's
 // accumulators start at the bias and take the k x k taps that fall inside the image (taps in
@@ -77,9 +78,8 @@ uint16_t bf16_bits(float f) {  // round to nearest even, NaN kept quiet (as c10:
 }
 
 // ---- vector helpers ------------------------------------------------------------------------
-// exp(x) for x <= 88 (or NaN): Cephes' expf polynomial on r = x - n ln2 (cpu_math.h's exp256),
-// then 2^n by vscalefps, which also saturates to 0 for very negative x (no clamp, no exponent
-// bit arithmetic: 13 instructions).
+// exp(x) for x in [-88, 88] (or NaN; callers clamp): Cephes' expf polynomial on r = x - n ln2
+// (cpu_math.h's exp256), then 2^n by vscalefps (no exponent bit arithmetic: 13 instructions).
 EK_AVX512 EK_INLINE __m512 exp512(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -103,11 +103,13 @@ EK_AVX512 EK_INLINE __m512 recip512(__m512 d) {
   return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
 }
 
-// 1 / (1 + exp(-v)). The exponent is clamped at 88 (exp < FLT_MAX, so the reciprocal's Newton
-// step sees no inf; the result is then ~0, as it should be); min(88, .) with the value second
-// keeps a NaN.
+// 1 / (1 + exp(-v)). The exponent is clamped to [-88, 88]: exp stays below FLT_MAX (the
+// reciprocal's Newton step sees no inf) and its range reduction stays exact for huge |v|, so
+// sigmoid(+-inf) = 1 / 0 and silu(+inf) = inf, silu(-inf) = -inf * 0 = NaN, as PyTorch's;
+// min/max with the value second keep a NaN.
 EK_AVX512 EK_INLINE __m512 sigmoid512(__m512 v) {
-  const __m512 e = exp512(_mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_sub_ps(_mm512_setzero_ps(), v)));
+  const __m512 t = _mm512_max_ps(_mm512_set1_ps(-88.0f), _mm512_sub_ps(_mm512_setzero_ps(), v));
+  const __m512 e = exp512(_mm512_min_ps(_mm512_set1_ps(88.0f), t));  // +-inf and huge: clamped
   return recip512(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
