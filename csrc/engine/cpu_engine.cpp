@@ -151,9 +151,9 @@ void run_gemm(GemmArgs g, bool amx) {
 size_t dt_size(DT dt) { return dt == DT::F32 ? 4 : 2; }
 
 // A block's expand + depthwise run fused (run_fused) when its expanded tensor, per sample, is at
-// least this large in the activation dtype (it would not stay in L2 between the two passes;
-// bf16 engines count 2 bytes an element although their expand output is float32); smaller ones
-// run as two whole-tensor passes, which parallelise better on few rows (no halo recompute).
+// least this large counted in float32 (the fused pass keeps its rows in float32; it would not
+// stay in L2 between two passes); smaller ones run as two whole-tensor passes in the activation
+// dtype, which parallelise better on few rows (no halo recompute). Measured: NOTES.md.
 // CpuEngine.set_fuse_bytes changes it (tests force both paths).
 constexpr int64_t kFuseBytes = 1 << 20;
 
@@ -291,7 +291,14 @@ class CpuEngine : public torch::CustomClassHolder {
                           x_in.device().is_cpu(),
                       "CpuEngine: input must be a CPU float (N, ", stem_cin_, ", H, W) tensor");
     const auto sdt = dt_ == DT::F32 ? at::kFloat : at::kBFloat16;
-    const at::Tensor x = x_in.to(sdt).contiguous(at::MemoryFormat::ChannelsLast);
+    // NHWC in the engine's dtype, in one pass (cast + layout change together); no copy when
+    // the input already is.
+    at::Tensor x = x_in;
+    if (x_in.scalar_type() != sdt || !x_in.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      x = at::empty(x_in.sizes(), x_in.options().dtype(sdt).memory_format(
+                                      at::MemoryFormat::ChannelsLast));
+      x.copy_(x_in);
+    }
     const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
     at::Tensor logits = at::empty({N, cls_.N}, at::kFloat);
     if (N == 0) return logits.to(sdt);
@@ -325,7 +332,7 @@ class CpuEngine : public torch::CustomClassHolder {
       d.OH = sh.oh, d.OW = sh.ow, d.k = B.dw.geo.k, d.s = B.dw.geo.s, d.pt = sh.pt, d.pl = sh.pl;
       d.w = B.dw.w.data_ptr<float>(), d.bias = B.dw.bias.data_ptr<float>(), d.act = B.dw.act;
       d.psum = B.has_se ? psum : nullptr;
-      const bool big = h * w * B.dw.C * static_cast<int64_t>(es) >= fuse_bytes_;
+      const bool big = h * w * B.dw.C * 4 >= fuse_bytes_;  // the fused ring is float32
       if (big && (B.has_expand || !B.has_se)) {
         // expand + depthwise (+ project when there is no SE) in one pass over output rows
         run_fused(B, d, in, B.has_se ? nullptr : out);
@@ -340,9 +347,9 @@ class CpuEngine : public torch::CustomClassHolder {
           g.M = rows_in, g.K = B.expand.K, g.N = B.expand.N, g.a = in, g.lda = B.expand.K;
           g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
           g.bias = B.expand.bias.data_ptr<float>();
-          g.y = e1, g.ldy = B.expand.N, g.y_dt = DT::F32, g.act = B.expand.act;
+          g.y = e1, g.ldy = B.expand.N, g.y_dt = dt_, g.act = B.expand.act;
           run_gemm(g, amx_);
-          d.x = e1, d.x_dt = DT::F32;
+          d.x = e1;
           mark("expand", bi);
         }
         const int64_t dtasks = dw_tasks(d);
@@ -521,7 +528,7 @@ class CpuEngine : public torch::CustomClassHolder {
     const auto opt = at::TensorOptions().dtype(dt_ == DT::F32 ? at::kFloat : at::kBFloat16);
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     q.io[0] = at::empty({io}, opt), q.io[1] = at::empty({io}, opt);
-    q.e1 = at::empty({ex}, f32), q.e2 = at::empty({ex}, opt);  // e1: expand output, float32
+    q.e1 = at::empty({ex}, opt), q.e2 = at::empty({ex}, opt);
     q.psum = at::empty({ps}, f32), q.pooled = at::empty({N * cmax}, f32);
     q.pooled16 = at::empty({N * cmax}, opt);
     q.s1 = at::empty({N * smax}, f32), q.gate = at::empty({N * cmax}, f32);
