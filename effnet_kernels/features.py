@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from . import reference
 from .models.features import EfficientNetFeatures, FeatureInfo, feature_points, model_points
-from .nn import BoundOp, call, run_sequential
-from .optimize import FusedEfficientNet, _setup, _to_ek, fused_head, fused_trunk
+from .nn import call, run_sequential
+from .optimize import (FusedEfficientNet, _setup, _to_ek, frozen_train, fused_head, fused_trunk,
+                       sync_backends)
 
 __all__ = ["FusedFeatures", "FusedEmbedding", "optimize_backbone", "is_backbone"]
 
@@ -79,18 +80,11 @@ class _FusedBackbone(nn.Module):
         return self.stem.weight.device
 
     def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError(
-                f"{type(self).__name__} is a frozen inference model (BN folded, weights stored "
-                "as buffers); it cannot be put in training mode. Train the source model and "
-                "call ek.optimize() on it again.")
-        return super().train(False)
+        return frozen_train(self, mode)
 
     def _apply(self, fn, recurse: bool = True):
         out = super()._apply(fn, recurse)  # the BoundOp modules bind again on a new device
-        for m in self.modules():
-            if isinstance(m, BoundOp) and m.op in self.backends:
-                self.backends[m.op] = m.backend
+        sync_backends(self)
         return out
 
     def fused_blocks(self) -> list[nn.Module]:

@@ -247,19 +247,12 @@ class FusedEfficientNet(nn.Module):
     def _apply(self, fn, recurse: bool = True):
         self._cpu_engine_stale = True  # new weights (device / dtype): rebuilt at next forward
         out = super()._apply(fn, recurse)  # the BoundOp modules bind again on a new device
-        for m in self.modules():
-            if isinstance(m, BoundOp) and m.op in self.backends:
-                self.backends[m.op] = m.backend
+        sync_backends(self)
         return out
 
     # -- frozen
     def train(self, mode: bool = True) -> FusedEfficientNet:
-        if mode:
-            raise RuntimeError(
-                "FusedEfficientNet is a frozen inference model (BN folded into the convs, "
-                "weights stored as buffers); it cannot be put in training mode. Train the "
-                "source model and call ek.optimize() on it again.")
-        return super().train(False)
+        return frozen_train(self, mode)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -415,6 +408,23 @@ class FusedEfficientNet(nn.Module):
 def _engine_stale_hook(module: FusedEfficientNet, incompatible_keys) -> None:
     """load_state_dict post hook: the engine's packed weights are out of date."""
     module._cpu_engine_stale = True
+
+
+def sync_backends(model: nn.Module) -> None:
+    """After a device move: ``model.backends`` names what each op's modules are bound to now."""
+    for m in model.modules():
+        if isinstance(m, BoundOp) and m.op in model.backends:
+            model.backends[m.op] = m.backend
+
+
+def frozen_train(model: nn.Module, mode: bool):
+    """``train()`` of the frozen fused models: eval is a no-op, training mode is refused."""
+    if mode:
+        raise RuntimeError(
+            f"{type(model).__name__} is a frozen inference model (BN folded into the convs, "
+            "weights stored as buffers); it cannot be put in training mode. Train the source "
+            "model and call ek.optimize() on it again.")
+    return nn.Module.train(model, False)
 
 
 # ----------------------------------------------------------------------------- building
