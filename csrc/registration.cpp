@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/cpu_isa.h"
+#include "engine/engine_int8.h"
 
 #ifndef EFFNET_VERSION
 #define EFFNET_VERSION "0.0.0"
@@ -118,5 +119,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         return l;
       },
       "The ISA levels this CPU runs, lowest first (each is a valid set_cpu_isa name).");
+  module.def(
+      "cpu_has_int8_vnni", [] { return effnet::engine::int8_kernels_supported(); },
+      "True when this CPU has AVX512_VNNI: at the 'avx512' level the INT8 ops (and the INT8 "
+      "CPU engine) run their vpdpbusd kernels.");
 }
 #endif

@@ -52,13 +52,15 @@ except ImportError as e:  # the package works without its compiled core
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 CHOICES = ("auto", *BACKENDS)
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
-# Measured exceptions to "auto" on the CPU: the C++ CPU int8 kernels are exact, straightforward
-# ports of the integer reference (scalar loops), 1.2-1.8x slower than the reference's vectorised
-# ATen ops (1 thread: dwconv_int8 96ch 56x56 2.99 vs 2.49 ms, pointwise_int8 24->144 5.29 vs
-# 3.01 ms, quantize 0.94 vs 0.82 ms; INT8 Lite0 71 vs 46 ms): "auto" keeps the reference for
-# them until fast CPU int8 kernels exist (issue 15); backend="cpu" still runs them.
-_AUTO_ORDER_FOR = {("cpu", op): ("torch", "cpu")
-                   for op in ("dwconv_int8", "pointwise_int8", "quantize_per_tensor")}
+# Measured exceptions to "auto" on the CPU: the C++ CPU int8 kernels' scalar builds (every CPU
+# without AVX-512 VNNI) are exact, straightforward ports of the integer reference, 1.2-1.8x
+# slower than the reference's vectorised ATen ops (1 thread: dwconv_int8 96ch 56x56 2.99 vs
+# 2.49 ms, pointwise_int8 24->144 5.29 vs 3.01 ms, quantize 0.94 vs 0.82 ms; INT8 Lite0 71 vs
+# 46 ms): there "auto" keeps the reference for them (backend="cpu" still runs them). With
+# AVX-512 VNNI (csrc/engine/engine_int8.cpp) the C++ kernels are the fast ones: "auto" = cpu.
+_INT8_OPS = ("dwconv_int8", "pointwise_int8", "quantize_per_tensor")
+_HAS_VNNI = _C is not None and "avx512" in _C.cpu_isas() and _C.cpu_has_int8_vnni()
+_AUTO_ORDER_FOR = {} if _HAS_VNNI else {("cpu", op): ("torch", "cpu") for op in _INT8_OPS}
 _SUBSTITUTE = {"cuda": "triton"}  # a model's op without a CUDA C++ kernel runs on Triton
 
 # The schemas, exactly as csrc/registration.cpp declares them (tests/test_registry.py checks).

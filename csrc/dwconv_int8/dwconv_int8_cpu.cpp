@@ -11,13 +11,16 @@
 // at::parallel_for; the pool is summed from per-row partials in a fixed order (deterministic).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "../common/cpu_int8.h"
+#include "../common/cpu_isa.h"
+#include "../engine/engine_int8.h"
 #include "dwconv_int8.h"
+#include "../common/cpu_int8.h"  // last: switches FP contraction off (see there)
 
 namespace effnet {
 namespace {
@@ -57,6 +60,39 @@ void dwconv_int8_row(const QDwShape& s, const int8_t* x, const int16_t* wt, cons
   }
 }
 
+// The AVX-512 path (engine_int8.h; bit-exact with the row kernel above) for k <= kDwMaxK:
+// output rows over ATen's threads, each row's channel blocks with exact float32 FMAs, the pool
+// partials per row as above.
+void dwconv_int8_avx512(const QDwShape& s, Act act, const int8_t* x, const at::Tensor& weight,
+                        const at::Tensor& scale, const at::Tensor& bias, int8_t* y, float* pp) {
+  using namespace engine;
+  const int64_t Cp = round16(s.C), kk = int64_t{s.k} * s.k;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor w = at::zeros({kk, Cp}, f32), sc = at::zeros({Cp}, f32), b = at::zeros({Cp}, f32);
+  w.narrow(1, 0, s.C).copy_(weight.reshape({s.C, kk}).t());
+  sc.narrow(0, 0, s.C).copy_(scale);
+  b.narrow(0, 0, s.C).copy_(bias);
+  QDwArgs d;
+  d.W = s.W, d.C = s.C, d.OW = s.Wo, d.k = s.k, d.s = static_cast<int>(s.stride);
+  d.pl = static_cast<int>(s.pad_left), d.x_form = 1, d.x_off = static_cast<float>(s.in_zp);
+  d.w = w.const_data_ptr<float>(), d.scale = sc.const_data_ptr<float>();
+  d.bias = b.const_data_ptr<float>(), d.act = static_cast<EAct>(static_cast<int>(act));
+  d.out = QOut::S8, d.inv = s.out_inv_scale, d.zp = static_cast<float>(s.out_zp);
+  const int64_t rows = s.N * s.Ho;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(s.Wo * s.C * kk, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    const void* in[kDwMaxK];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / s.Ho, ho = r % s.Ho;
+      for (int kh = 0; kh < s.k; ++kh) {
+        const int64_t hi = ho * s.stride - s.pad_top + kh;
+        in[kh] = hi < 0 || hi >= s.H ? nullptr : x + (n * s.H + hi) * s.W * s.C;
+      }
+      qdw_row(d, in, y + r * s.Wo * s.C, pp != nullptr ? pp + r * s.C : nullptr);
+    }
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> dwconv_int8_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -85,6 +121,10 @@ std::tuple<at::Tensor, at::Tensor> dwconv_int8_cpu(const at::Tensor& x, const at
   at::Tensor partial = return_pool ? at::empty({rows, s.C}, f32) : at::Tensor();
   float* pp = return_pool ? partial.mutable_data_ptr<float>() : nullptr;
   const int8_t* xp = x.const_data_ptr<int8_t>();
+  if (s.k <= engine::kDwMaxK && cpu::active_isa() == cpu::Isa::AVX512 &&
+      engine::int8_kernels_supported()) {
+    dwconv_int8_avx512(s, a, xp, weight, sc, b, y.mutable_data_ptr<int8_t>(), pp);
+  } else {
   const int16_t* wp = wt.const_data_ptr<int16_t>();
   const float* sp = sc.const_data_ptr<float>();
   const float* bp = b.const_data_ptr<float>();
@@ -102,6 +142,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv_int8_cpu(const at::Tensor& x, const at
       }
     });
   });
+  }
   if (return_pool) {
     // Fixed-order sum of the row partials, in double: deterministic whatever the thread count.
     const float* part = partial.const_data_ptr<float>();

@@ -24,6 +24,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include "engine_simd.h"
+
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -78,41 +80,6 @@ uint16_t bf16_bits(float f) {  // round to nearest even, NaN kept quiet (as c10:
 }
 
 // ---- vector helpers ------------------------------------------------------------------------
-// exp(x) for x in [-88, 88] (or NaN; callers clamp): Cephes' expf polynomial on r = x - n ln2
-// (cpu_math.h's exp256), then 2^n by vscalefps (no exponent bit arithmetic: 13 instructions).
-EK_AVX512 EK_INLINE __m512 exp512(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
-  const __m512 z = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_add_ps(_mm512_fmadd_ps(p, z, x), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-// 1 / d: the 14-bit estimate and one Newton step (relative error ~1e-7 — a division costs
-// ~5x more and dominated the depthwise epilogue). d >= 1 here; huge d gives 0, as 1/d rounds.
-EK_AVX512 EK_INLINE __m512 recip512(__m512 d) {
-  const __m512 r = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-}
-
-// 1 / (1 + exp(-v)). The exponent is clamped to [-88, 88]: exp stays below FLT_MAX (the
-// reciprocal's Newton step sees no inf) and its range reduction stays exact for huge |v|, so
-// sigmoid(+-inf) = 1 / 0 and silu(+inf) = inf, silu(-inf) = -inf * 0 = NaN, as PyTorch's;
-// min/max with the value second keep a NaN.
-EK_AVX512 EK_INLINE __m512 sigmoid512(__m512 v) {
-  const __m512 t = _mm512_max_ps(_mm512_set1_ps(-88.0f), _mm512_sub_ps(_mm512_setzero_ps(), v));
-  const __m512 e = exp512(_mm512_min_ps(_mm512_set1_ps(88.0f), t));  // +-inf and huge: clamped
-  return recip512(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
-}
-
 template <EAct A>
 EK_AVX512 EK_INLINE __m512 act512(__m512 v) {
   if constexpr (A == EAct::SiLU) {
@@ -237,21 +204,6 @@ template <typename TI, typename TO>
 const TileFn (*table_for(EAct a, bool res))[4] {
   return res ? table_for_act<true, TI, TO>(a) : table_for_act<false, TI, TO>(a);
 }
-
-// The tiling of one GEMM: rows per tile (<= mr_max, spread evenly: 49 rows -> 7 tiles of 7,
-// not 6 of 8 and one of 1) and panels per tile (nv_max, the last tile fewer).
-struct Tiling {
-  int64_t panels, nv_max, col_tiles, row_tiles, base, extra;
-  explicit Tiling(const GemmArgs& g) {
-    panels = (g.N + 15) / 16;
-    nv_max = panels >= 4 ? 4 : 2;
-    const int64_t mr_max = nv_max == 4 ? 6 : 8;
-    col_tiles = (panels + nv_max - 1) / nv_max;
-    row_tiles = (g.M + mr_max - 1) / mr_max;
-    base = row_tiles > 0 ? g.M / row_tiles : 0;
-    extra = row_tiles > 0 ? g.M % row_tiles : 0;
-  }
-};
 
 // ---- depthwise -----------------------------------------------------------------------------
 // One output row for channels [c0, c0 + 16*CV): rows[kh] is input row (oh*s - pt + kh) of the
@@ -621,7 +573,7 @@ void pack_weights(const float* w, int64_t N, int64_t K, DT dt, void* out) {
 
 int64_t gemm_tiles(const GemmArgs& g) {
   if (g.amx) return (g.M + 31) / 32 * (((g.N + 15) / 16 + 1) / 2);
-  const Tiling t(g);
+  const Tiling t(g.M, g.N);
   return t.row_tiles * t.col_tiles;
 }
 
@@ -639,13 +591,11 @@ void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
   } else {
     table = table_for<uint16_t, float>(g.act, res);
   }
-  const Tiling tl(g);
+  const Tiling tl(g.M, g.N);
   const __mmask16 last = tail_mask(g.N);
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t rt = t / tl.col_tiles, p0 = t % tl.col_tiles * tl.nv_max;
-    const int64_t r0 = rt * tl.base + (rt < tl.extra ? rt : tl.extra);
-    const int64_t mr = tl.base + (rt < tl.extra);
-    const int64_t nv = tl.panels - p0 < tl.nv_max ? tl.panels - p0 : tl.nv_max;
+    int64_t r0, mr, p0, nv;
+    tl.tile(t, &r0, &mr, &p0, &nv);
     const __mmask16 lm = p0 + nv == tl.panels ? last : static_cast<__mmask16>(0xffff);
     table[mr - 1][nv - 1](g, r0, p0, lm);
   }

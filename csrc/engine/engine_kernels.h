@@ -54,6 +54,30 @@ struct GemmArgs {
   EAct act = EAct::Identity;
   bool amx = false;  // bfloat16 on the AMX tiles (needs amx_supported(); blocks of 32 x 32)
 };
+// The register tiling of an M x N GEMM: rows per tile (<= 8, or <= 6 when N >= 64; spread
+// evenly: 49 rows -> 7 tiles of 7, not 6 of 8 and one of 1) and panels of 16 columns per tile
+// (nv_max = 2, or 4 when N >= 64; the last tile fewer). Tile t covers row tile t / col_tiles.
+struct Tiling {
+  int64_t panels, nv_max, col_tiles, row_tiles, base, extra;
+  Tiling(int64_t M, int64_t N) {
+    panels = (N + 15) / 16;
+    nv_max = panels >= 4 ? 4 : 2;
+    const int64_t mr_max = nv_max == 4 ? 6 : 8;
+    col_tiles = (panels + nv_max - 1) / nv_max;
+    row_tiles = (M + mr_max - 1) / mr_max;
+    base = row_tiles > 0 ? M / row_tiles : 0;
+    extra = row_tiles > 0 ? M % row_tiles : 0;
+  }
+  // Tile t: first row, rows, first panel, panels.
+  void tile(int64_t t, int64_t* r0, int64_t* mr, int64_t* p0, int64_t* nv) const {
+    const int64_t rt = t / col_tiles;
+    *p0 = t % col_tiles * nv_max;
+    *r0 = rt * base + (rt < extra ? rt : extra);
+    *mr = base + (rt < extra);
+    *nv = panels - *p0 < nv_max ? panels - *p0 : nv_max;
+  }
+};
+
 // The GEMM is cut into register tiles (8 rows x 32 columns, or 6 x 64 when N >= 64); tiles
 // [t0, t1) run serially on the caller (the engine spreads tile ranges over threads).
 int64_t gemm_tiles(const GemmArgs& g);

@@ -9,13 +9,16 @@
 // kChunk pixels of one sample; the pool is summed from per-chunk partials in a fixed order.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "../common/cpu_int8.h"
+#include "../common/cpu_isa.h"
+#include "../engine/engine_int8.h"
 #include "pointwise_int8.h"
+#include "../common/cpu_int8.h"  // last: switches FP contraction off (see there)
 
 namespace effnet {
 namespace {
@@ -82,6 +85,73 @@ void pointwise_int8_pixels(const QPwShape& s, const QPwArgs& a, int64_t n, int64
   }
 }
 
+// The AVX-512 VNNI path (engine_int8.h; bit-exact with the scalar one above): the gate and the
+// u8 shift in one pass over x into rows of qpacked_k(Cin) bytes, weights packed per call, then
+// the register-tiled vpdpbusd GEMM with the requantising epilogue over ATen's threads; the pool
+// from float32 rows in the scalar kernel's summation order.
+at::Tensor pointwise_int8_vnni(const QPwShape& s, const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& scale, const at::Tensor& bias, Act act,
+                               const std::optional<at::Tensor>& gate,
+                               const std::optional<at::Tensor>& residual, bool pool_only,
+                               at::Tensor out) {
+  using namespace engine;
+  const int64_t HW = s.H * s.W, M = s.N * HW, Kq = qpacked_k(s.Cin), Np = round16(s.Cout);
+  const auto u8 = at::TensorOptions().dtype(at::kByte);
+  const auto i32 = at::TensorOptions().dtype(at::kInt);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor w = weight.reshape({s.Cout, s.Cin}).contiguous();
+  at::Tensor packed = at::empty({qpacked_bytes(s.Cin, s.Cout)}, u8);
+  at::Tensor comp = at::empty({Np}, i32);
+  qpack_weights(w.const_data_ptr<int8_t>(), s.Cout, s.Cin,
+                reinterpret_cast<int8_t*>(packed.mutable_data_ptr<uint8_t>()),
+                comp.mutable_data_ptr<int32_t>());
+  int32_t* cp = comp.mutable_data_ptr<int32_t>();
+  for (int64_t n = 0; n < Np; ++n) cp[n] *= 128 + s.in_zp;
+  at::Tensor sc = at::zeros({Np}, f32), b = at::zeros({Np}, f32);
+  sc.narrow(0, 0, s.Cout).copy_(scale);
+  b.narrow(0, 0, s.Cout).copy_(bias);
+  // + 64: the GEMM reads whole 4-byte groups up to Kq (zeroed past Cin by qprep_rows)
+  at::Tensor a = at::empty({M * Kq + 64}, u8);
+  uint8_t* ap = a.mutable_data_ptr<uint8_t>();
+  const int8_t* xp = x.const_data_ptr<int8_t>();
+  const at::Tensor g = gate.has_value() ? gate->contiguous() : at::Tensor();
+  const float* gp = gate.has_value() ? g.const_data_ptr<float>() : nullptr;
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(s.Cin, 1)),
+                   [&](int64_t r0, int64_t r1) {
+                     for (int64_t r = r0; r < r1;) {  // rows of one sample share a gate
+                       const int64_t n = r / HW, e = std::min(r1, (n + 1) * HW);
+                       qprep_rows(xp + r * s.Cin, false, e - r, s.Cin, s.Cin, s.in_zp,
+                                  gp != nullptr ? gp + n * s.Cin : nullptr, ap + r * Kq, Kq);
+                       r = e;
+                     }
+                   });
+  at::Tensor rows = pool_only ? at::empty({M, Np}, f32) : at::Tensor();
+  QGemmArgs q;
+  q.M = M, q.K = s.Cin, q.N = s.Cout, q.a = ap, q.lda = Kq;
+  q.b = reinterpret_cast<const int8_t*>(packed.const_data_ptr<uint8_t>());
+  q.comp = comp.const_data_ptr<int32_t>();
+  q.scale = sc.const_data_ptr<float>(), q.bias = b.const_data_ptr<float>();
+  q.act = static_cast<EAct>(static_cast<int>(act));
+  if (residual.has_value()) {
+    q.res = residual->const_data_ptr<int8_t>(), q.ldr = s.Cout;
+    q.res_zp = s.res_zp, q.res_scale = s.res_scale;
+  }
+  if (pool_only) {
+    q.y = rows.mutable_data_ptr<float>(), q.ldy = Np, q.out = QOut::F32;
+  } else {
+    q.y = out.mutable_data_ptr<int8_t>(), q.ldy = s.Cout, q.out = QOut::S8;
+    q.inv = s.out_inv_scale, q.zp = static_cast<float>(s.out_zp);
+  }
+  const int64_t tiles = qgemm_tiles(q);
+  at::parallel_for(0, tiles, std::max<int64_t>(1, 65536 / std::max<int64_t>(8 * 32 * Kq, 1)),
+                   [&](int64_t t0, int64_t t1) { qgemm_range(q, t0, t1); });
+  if (pool_only) {
+    pool_chunks(rows.const_data_ptr<float>(), s.N, HW, s.Cout, Np, out.mutable_data_ptr<float>(),
+                s.Cout);
+  }
+  return out;
+}
+
 }  // namespace
 
 at::Tensor pointwise_int8_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -104,6 +174,9 @@ at::Tensor pointwise_int8_cpu(const at::Tensor& x, const at::Tensor& weight,
                              : at::empty({s.N, s.Cout, s.H, s.W},
                                          x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;  // N == 0, Cout == 0 or (without pool) H * W == 0
+  if (cpu::active_isa() == cpu::Isa::AVX512 && engine::int8_kernels_supported()) {
+    return pointwise_int8_vnni(s, x, weight, scale, bias, act_id, gate, residual, pool_only, out);
+  }
   const int64_t chunks = (HW + kChunk - 1) / kChunk;  // per sample
   const int64_t units = s.N * chunks;
   at::Tensor partial = pool_only ? at::empty({units, s.Cout}, f32) : at::Tensor();
