@@ -97,10 +97,109 @@ def _float_layers(model) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------------- INT8 engine
+INT8_OPS = ("bias_act", "dwconv_bias_act", "se_gate", "dwconv_int8", "pointwise_int8",
+            "quantize_per_tensor")
+
+
+def _is_int8(model) -> bool:
+    from .quant.modules import QuantizedEfficientNet
+    return type(model) is QuantizedEfficientNet
+
+
+def _int8_layers(model) -> str | None:
+    """None when ``model`` (a QuantizedEfficientNet) is made of the layers the INT8 engine runs,
+    all bound to the C++ CPU ops (whose results it reproduces bit for bit), else why not."""
+    from .nn import FusedDWConvBNAct, SqueezeExcite
+    from .optimize import FrozenLinear, FusedStem
+    from .quant.modules import (FloatDWConvQuantOut, QuantizedDWConv, QuantizedMBConv,
+                                QuantizedPointwise, QuantizedStem)
+    parts = [(model.stem, QuantizedStem), (model.stem.float_stem, FusedStem),
+             (model.head, QuantizedPointwise), (model.classifier, FrozenLinear)]
+    blocks = list(_blocks_in_order(model))
+    if not blocks:
+        return "a model without blocks"
+    for i, b in enumerate(blocks):
+        parts.append((b, QuantizedMBConv))
+        if type(b) is not QuantizedMBConv:
+            continue
+        if type(b.dw) is FloatDWConvQuantOut:
+            if i != 0 or b.expand is not None or model.stem.quantize_output:
+                return "a float depthwise conv outside the first block"
+            parts.append((b.dw.float_dw, FusedDWConvBNAct))
+        else:
+            parts.append((b.dw, QuantizedDWConv))
+        parts += [(b.project, QuantizedPointwise)]
+        parts += [(b.expand, QuantizedPointwise)] if b.expand is not None else []
+        parts += [(b.se, SqueezeExcite)] if b.se is not None else []
+    for m, cls in parts:
+        if type(m) is not cls:
+            return f"layer {type(m).__name__} (the INT8 engine runs {cls.__name__})"
+    if type(blocks[0].dw) is not FloatDWConvQuantOut and not model.stem.quantize_output:
+        return "a float stem output without a float first depthwise conv"
+    if type(blocks[0].dw) is FloatDWConvQuantOut and blocks[0].use_residual:
+        return "a residual around the float first depthwise conv"
+    for b in blocks:
+        if b.project.act != "identity":
+            return f"a projection with act={b.project.act!r} (the engine's is linear)"
+    for op in INT8_OPS:
+        be = model.backends.get(op, "cpu")
+        if be != "cpu":
+            return f"{op} runs on backend {be!r} (the INT8 engine reproduces the 'cpu' ops)"
+    for name, t in model.named_buffers():
+        if t.device.type != "cpu":
+            return f"buffer {name} is on {t.device}"
+    return None
+
+
+def _q_ints(m) -> list[int]:
+    """(act, in_zp, out_zp) of an int8 layer."""
+    return [ACT_CODES[m.act], m.in_q[1], m.out_q[1]]
+
+
+def encode_int8(model) -> tuple[list[Tensor], list[int], list[float]]:
+    """The (tensors, ints, floats) spec of ``CpuEngineInt8`` for a QuantizedEfficientNet."""
+    from .quant.modules import FloatDWConvQuantOut
+    blocks = list(_blocks_in_order(model))
+    stem, fs, head = model.stem, model.stem.float_stem, model.head
+    exact = int(bool(getattr(model, "exact_cpu_engine", False)))
+    ints = [2, len(blocks), ACT_CODES[fs.act], int(stem.quantize_output), stem.out_q[1],
+            ACT_CODES[head.act], head.in_q[1], exact, *_geo(fs.kernel_size, fs.stride, fs.padding)]
+    floats = [stem._out_inv]
+    tensors = [fs.weight, fs.bias]
+    for b in blocks:
+        e, dw, se, pj = b.expand, b.dw, b.se, b.project
+        dw_float = type(dw) is FloatDWConvQuantOut
+        geo_src = dw.float_dw if dw_float else dw
+        k = geo_src.weight.shape[-1]
+        first = e if e is not None else dw
+        ints += [int(e is not None), int(se is not None), int(b.use_residual), int(dw_float),
+                 *_geo(k, geo_src.stride, geo_src.padding),
+                 *(_q_ints(e) if e is not None else [0, 0, 0]),
+                 ACT_CODES[geo_src.act], 0 if dw_float else dw.in_q[1], dw.out_q[1],
+                 pj.in_q[1], pj.out_q[1], first.in_q[1]]
+        floats += [e._out_inv if e is not None else 1.0, dw._out_inv, pj._out_inv,
+                   first.in_q[0]]
+        if e is not None:
+            tensors += [e.weight, e.scale, e.bias]
+        if dw_float:
+            tensors += [dw.float_dw.weight, dw.float_dw.bias]
+        else:
+            tensors += [dw.weight, dw.scale, dw.bias]
+        if se is not None:
+            tensors += [se.w1, se.b1, se.w2, se.b2]
+        tensors += [pj.weight, pj.scale, pj.bias]
+    tensors += [head.weight, head.scale, head.bias, model.classifier.weight,
+                model.classifier.bias]
+    return tensors, ints, floats
+
+
 def unsupported_reason(model) -> str | None:
     """Why ``model`` cannot use the engine, or None when it can."""
     if registry._C is None:
         return "the compiled extension is not loaded"
+    if _is_int8(model):
+        return _int8_unsupported(model)
     layers = _float_layers(model)
     if layers is not None:
         return layers
@@ -115,16 +214,48 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+def _int8_unsupported(model) -> str | None:
+    layers = _int8_layers(model)
+    if layers is not None:
+        return layers
+    if model.device.type != "cpu":
+        return f"the model is on {model.device}"
+    if model.dtype != torch.float32:
+        return f"float parts in {model.dtype} (the INT8 engine's are float32)"
+    if model.requested_backend not in ENGINE_BACKENDS:
+        return f"backend={model.requested_backend!r} (the engine serves 'auto' and 'cpu')"
+    if not hasattr(torch.classes.effnet, "CpuEngineInt8"):
+        return "this build of the extension has no CpuEngineInt8"
+    return None
+
+
 def build(model):
-    """A new ``CpuEngine`` for ``model``, or ``(None, reason)`` when it cannot have one."""
+    """A new ``CpuEngine`` (``CpuEngineInt8`` for the INT8 model) for ``model``, or
+    ``(None, reason)`` when it cannot have one."""
     reason = unsupported_reason(model)
     if reason is not None:
         return None, reason
-    tensors, ints = encode(model)
     try:
-        return torch.classes.effnet.CpuEngine(tensors, ints), None
+        if _is_int8(model):
+            return EngineRef(torch.classes.effnet.CpuEngineInt8(*encode_int8(model))), None
+        return EngineRef(torch.classes.effnet.CpuEngine(*encode(model))), None
     except (RuntimeError, ValueError) as e:  # no AVX-512 / AVX512_BF16, odd widths in bf16,
         return None, str(e).splitlines()[0]   # a depthwise kernel over 15, ...
+
+
+class EngineRef:
+    """An engine (a ``torch.classes`` ScriptObject) held in a plain Python object: the model
+    keeps it as an attribute, and ``torch.export`` fakifies every ScriptObject it finds among a
+    module's attributes (it cannot: the engine has no ``__obj_flatten__``) — the export traces
+    the per-op path anyway. Attribute access goes to the engine."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
+
+    def __getattr__(self, name: str):
+        return getattr(self.obj, name)
 
 
 def _stamp(t: Tensor) -> int:

@@ -391,3 +391,15 @@ def test_bad_input_and_bad_specs():
     if not HAS_AMX:
         with pytest.raises(ValueError):
             eng.set_amx(True)
+
+
+def test_export_after_the_engine_ran():
+    """torch.export of a model whose engine was built (an attribute holding a ScriptObject,
+    which export would try to fakify: the AOTInductor example failed so) traces the per-op
+    path and computes the same logits."""
+    f = _odd_model()
+    x = torch.randn(2, 3, 13, 11)
+    want = f(x)
+    assert f.cpu_engine.startswith("CpuEngine(")
+    ep = torch.export.export(f, (x,))
+    torch.testing.assert_close(ep.module()(x), want, rtol=1e-4, atol=1e-4)

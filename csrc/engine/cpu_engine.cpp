@@ -33,44 +33,10 @@
 #include <vector>
 
 #include "engine_kernels.h"
+#include "engine_util.h"
 
 namespace effnet::engine {
 namespace {
-
-EAct act_from(int64_t code) {
-  TORCH_CHECK_VALUE(code >= 0 && code <= 4, "CpuEngine: bad activation code ", code);
-  return static_cast<EAct>(code);
-}
-
-// Geometry of a k x k conv: padding mode 0 symmetric ((k-1)/2), 1 TF "same" (from the input
-// size), 2 explicit (left, right, top, bottom).
-struct Geo {
-  int k = 1, s = 1, mode = 0, l = 0, r = 0, t = 0, b = 0;
-  // (top, left, OH, OW) for an H x W input.
-  void out(int64_t H, int64_t W, int64_t* pt, int64_t* pl, int64_t* OH, int64_t* OW) const {
-    int64_t pads[4] = {l, r, t, b};
-    if (mode == 0) {
-      for (auto& p : pads) p = (k - 1) / 2;
-    } else if (mode == 1) {
-      const int64_t tw = std::max<int64_t>(((W + s - 1) / s - 1) * s + k - W, 0);
-      const int64_t th = std::max<int64_t>(((H + s - 1) / s - 1) * s + k - H, 0);
-      pads[0] = tw / 2, pads[1] = tw - tw / 2, pads[2] = th / 2, pads[3] = th - th / 2;
-    }
-    *pl = pads[0], *pt = pads[2];
-    *OH = (H + pads[2] + pads[3] - k) / s + 1;
-    *OW = (W + pads[0] + pads[1] - k) / s + 1;
-    TORCH_CHECK_VALUE(H + pads[2] + pads[3] >= k && W + pads[0] + pads[1] >= k,
-                      "CpuEngine: a ", k, "x", k, " conv gets an input of ", H, "x", W,
-                      " (too small)");
-  }
-};
-
-struct Linear {  // a packed 1x1 conv / linear layer
-  at::Tensor packed, bias;
-  int64_t K = 0, N = 0;
-  DT dt = DT::F32;
-  EAct act = EAct::Identity;
-};
 
 struct Depthwise {
   at::Tensor w, bias;  // float32 [k*k][round16(C)], [round16(C)]
@@ -84,25 +50,6 @@ struct Block {
   Linear expand, fc1, fc2, project;
   Depthwise dw;
 };
-
-Linear make_linear(const at::Tensor& w, const at::Tensor& b, DT dt, EAct act, const char* what) {
-  TORCH_CHECK_VALUE(w.dim() >= 2 && b.dim() == 1 && b.size(0) == w.size(0), "CpuEngine: ", what,
-                    ": weight (N, K, ...) and bias (N,) expected");
-  Linear L;
-  L.N = w.size(0);
-  L.K = w.numel() / std::max<int64_t>(L.N, 1);
-  L.dt = dt;
-  L.act = act;
-  TORCH_CHECK_VALUE(dt == DT::F32 || L.K % 2 == 0, "CpuEngine: ", what,
-                    ": bfloat16 needs an even number of input channels, got ", L.K);
-  const at::Tensor wf = w.detach().to(at::kFloat).reshape({L.N, L.K}).contiguous();
-  L.packed = at::empty({packed_elems(L.K, L.N, dt)},
-                       at::TensorOptions().dtype(dt == DT::F32 ? at::kFloat : at::kBFloat16));
-  pack_weights(wf.data_ptr<float>(), L.N, L.K, dt, L.packed.data_ptr());
-  L.bias = at::zeros({round16(L.N)}, at::kFloat);
-  L.bias.narrow(0, 0, L.N).copy_(b.detach().to(at::kFloat));
-  return L;
-}
 
 Depthwise make_dw(const at::Tensor& w, const at::Tensor& b, Geo geo, EAct act) {
   TORCH_CHECK_VALUE(w.dim() == 4 && w.size(1) == 1 && w.size(2) == geo.k && w.size(3) == geo.k &&
@@ -120,13 +67,6 @@ Depthwise make_dw(const at::Tensor& w, const at::Tensor& b, Geo geo, EAct act) {
   d.bias = at::zeros({Cp}, at::kFloat);
   d.bias.narrow(0, 0, d.C).copy_(b.detach().to(at::kFloat));
   return d;
-}
-
-// Runs [0, n) of `fn(begin, end)` over ATen's threads; serially when the work is small.
-template <typename F>
-void parallel(int64_t n, int64_t grain, const F& fn) {
-  if (n <= 0) return;
-  at::parallel_for(0, n, std::max<int64_t>(grain, 1), fn);
 }
 
 // AMX for this process's bfloat16 engines: the CPU has it, Linux granted it, and the
@@ -156,38 +96,6 @@ size_t dt_size(DT dt) { return dt == DT::F32 ? 4 : 2; }
 // dtype, which parallelise better on few rows (no halo recompute). Measured: NOTES.md.
 // CpuEngine.set_fuse_bytes changes it (tests force both paths).
 constexpr int64_t kFuseBytes = 1 << 20;
-
-// One output row's im2col for the stem: col[ow][(kh*k + kw)*Ci + ci] = x[ih0 + kh][ow*s - pl +
-// kw][ci], zero outside the image and in the padding column(s) up to Kp.
-template <typename T, int KCI = 0>
-void im2col_row(const T* x, int64_t H, int64_t W, int64_t Ci, int k, int s, int64_t ih0,
-                int64_t pl, int64_t OW, int64_t Kp, T* col) {
-  // KCI = k * Ci known at compile time (9: every EfficientNet stem): the interior copies inline.
-  if constexpr (KCI == 0) {
-    if (k * Ci == 9) return im2col_row<T, 9>(x, H, W, Ci, k, s, ih0, pl, OW, Kp, col);
-  }
-  const int64_t kci = KCI ? KCI : k * Ci;
-  for (int64_t ow = 0; ow < OW; ++ow) {
-    T* c = col + ow * Kp;
-    const int64_t iw0 = ow * s - pl;
-    const bool cols_in = iw0 >= 0 && iw0 + k <= W;
-    for (int kh = 0; kh < k; ++kh) {
-      const int64_t ih = ih0 + kh;
-      const bool row_in = ih >= 0 && ih < H;
-      const T* xr = x + (ih * W + iw0) * Ci;
-      if (row_in && cols_in) {  // the k x Ci taps of this row are contiguous in NHWC
-        for (int64_t j = 0; j < kci; ++j) c[j] = xr[j];
-        c += kci;
-        continue;
-      }
-      for (int kw = 0; kw < k; ++kw) {
-        const bool in = row_in && iw0 + kw >= 0 && iw0 + kw < W;
-        for (int64_t ci = 0; ci < Ci; ++ci) *c++ = in ? xr[kw * Ci + ci] : T(0);
-      }
-    }
-    for (int64_t j = k * k * Ci; j < Kp; ++j) *c++ = T(0);
-  }
-}
 
 }  // namespace
 
@@ -313,10 +221,7 @@ class CpuEngine : public torch::CustomClassHolder {
     float* s1 = p.s1.data_ptr<float>();
     float* gate = p.gate.data_ptr<float>();
 
-    if (profile_) {
-      prof_names_.clear(), prof_us_.clear();
-      prof_t_ = std::chrono::steady_clock::now();
-    }
+    prof_.start();
     int64_t h = p.stem_oh, w = p.stem_ow;
     run_stem(x, bufs[0], p);
     mark("stem");
@@ -442,7 +347,7 @@ class CpuEngine : public torch::CustomClassHolder {
 
   // Per-layer wall times of each forward while profiling is on (set_profile(True)): labels
   // and microseconds of the last forward, for benchmarks/NOTES.md.
-  void set_profile(bool on) { profile_ = on; }
+  void set_profile(bool on) { prof_.on = on; }
   // bfloat16 GEMMs on AMX (true: needs amx_supported(), else ValueError); returns the old.
   bool set_amx(bool on) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -477,11 +382,11 @@ class CpuEngine : public torch::CustomClassHolder {
   }
   std::vector<std::string> profile_names() {
     std::lock_guard<std::mutex> lock(mu_);
-    return prof_names_;
+    return prof_.names;
   }
   std::vector<double> profile_us() {
     std::lock_guard<std::mutex> lock(mu_);
-    return prof_us_;
+    return prof_.us;
   }
 
   std::string describe() const {
@@ -631,22 +536,11 @@ class CpuEngine : public torch::CustomClassHolder {
     });
   }
 
-  void mark(const char* what, int64_t index = -1) {
-    if (!profile_) return;
-    const auto now = std::chrono::steady_clock::now();
-    std::string name = what;
-    if (index >= 0) name += "." + std::to_string(index);
-    prof_names_.push_back(std::move(name));
-    prof_us_.push_back(std::chrono::duration<double, std::micro>(now - prof_t_).count());
-    prof_t_ = now;
-  }
+  void mark(const char* what, int64_t index = -1) { prof_.mark(what, index); }
 
-  bool profile_ = false;
+  Profile prof_;
   int64_t fuse_bytes_ = kFuseBytes;
   bool amx_ = amx_default();
-  std::vector<std::string> prof_names_;
-  std::vector<double> prof_us_;
-  std::chrono::steady_clock::time_point prof_t_;
   DT dt_ = DT::F32;
   Geo stem_geo_;
   int64_t stem_cin_ = 3, stem_k_ = 27;

@@ -240,6 +240,12 @@ class QuantizedEfficientNet(FusedEfficientNet):
     def __init__(self, *args, calibration: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.calibration = dict(calibration or {})
+        #: the CPU engine (effnet_kernels.cpu_engine) in its exact mode: the float parts as the
+        #: per-op path computes them and the exact SiLU, logits bit-identical to the per-op CPU
+        #: path; False (default): the float parts on the float engine's kernels and the fast
+        #: SiLU (within the INT8 contract: 1 LSB where a SiLU value sits on a rounding
+        #: boundary). Call refresh_cpu_engine() after changing it.
+        self.exact_cpu_engine = False
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def fused_blocks(self) -> list[QuantizedMBConv]:  # type: ignore[override]
