@@ -593,28 +593,39 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
                  int32_t res_zp = 0, float res_scale = 0.0f, int64_t hw = 1, int64_t ldg = 0) {
     QGemmArgs q;
     q.M = M, q.K = K, q.N = L.N, q.a = x, q.lda = K;
-    if (gate != nullptr || K % 4 != 0) {
-      const int64_t Kq = qpacked_k(K);
-      uint8_t* a = P.a.data_ptr<uint8_t>();
-      parallel(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)),
-               [&](int64_t r0, int64_t r1) {
-                 for (int64_t r = r0; r < r1;) {
-                   const int64_t n = r / hw, e = std::min(r1, (n + 1) * hw);
-                   qprep_rows(x + r * K, true, e - r, K, K, L.in_zp,
-                              gate != nullptr ? gate + n * ldg : nullptr, a + r * Kq, Kq);
-                   r = e;
-                 }
-               });
-      q.a = a, q.lda = Kq;
-    }
     set_weights(q, L);
     if (res != nullptr) {
       q.res = res, q.ldr = L.N, q.res_u8 = true, q.res_zp = res_zp, q.res_scale = res_scale;
     }
     q.y = y, q.ldy = ldy, q.out = form;
-    const int64_t tiles = qgemm_tiles(q);
-    parallel(tiles, std::max<int64_t>(1, 65536 / std::max<int64_t>(8 * 32 * K, 1)),
-             [&](int64_t t0, int64_t t1) { qgemm_range(q, t0, t1); });
+    if (gate == nullptr && K % 4 == 0) {
+      const int64_t tiles = qgemm_tiles(q);
+      parallel(tiles, std::max<int64_t>(1, 65536 / std::max<int64_t>(8 * 32 * K, 1)),
+               [&](int64_t t0, int64_t t1) { qgemm_range(q, t0, t1); });
+      return;
+    }
+    // The A rows through the buffer (gate and u8 shift, or K rounded up to 4): each task preps
+    // a band of rows and runs the GEMM on it at once (one parallel region, not two: with
+    // threads that wait in barriers, each region costs).
+    const int64_t Kq = qpacked_k(K), band = 48;
+    const size_t ys = form == QOut::F32 || form == QOut::OFF ? 4 : 1;
+    uint8_t* a = P.a.data_ptr<uint8_t>();
+    parallel((M + band - 1) / band, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * band, r1 = std::min(M, r0 + band);
+        for (int64_t r = r0; r < r1;) {  // rows of one sample share a gate
+          const int64_t n = r / hw, e = std::min(r1, (n + 1) * hw);
+          qprep_rows(x + r * K, true, e - r, K, K, L.in_zp,
+                     gate != nullptr ? gate + n * ldg : nullptr, a + r * Kq, Kq);
+          r = e;
+        }
+        QGemmArgs g = q;
+        g.M = r1 - r0, g.a = a + r0 * Kq, g.lda = Kq;
+        g.y = static_cast<char*>(y) + r0 * ldy * static_cast<int64_t>(ys);
+        if (res != nullptr) g.res = res + r0 * L.N;
+        qgemm_range(g, 0, qgemm_tiles(g));
+      }
+    });
   }
 
   // ---- fast mode: the float parts on the float engine's kernels ----
