@@ -195,37 +195,25 @@ def encode_int8(model) -> tuple[list[Tensor], list[int], list[float]]:
 
 
 def unsupported_reason(model) -> str | None:
-    """Why ``model`` cannot use the engine, or None when it can."""
+    """Why ``model`` cannot use the engine (``CpuEngine``, or ``CpuEngineInt8`` for the INT8
+    model), or None when it can."""
     if registry._C is None:
         return "the compiled extension is not loaded"
-    if _is_int8(model):
-        return _int8_unsupported(model)
-    layers = _float_layers(model)
+    int8 = _is_int8(model)
+    layers = _int8_layers(model) if int8 else _float_layers(model)
     if layers is not None:
         return layers
     if model.device.type != "cpu":
         return f"the model is on {model.device}"
-    if model.dtype not in DTYPE_CODES:
+    if int8 and model.dtype != torch.float32:
+        return f"float parts in {model.dtype} (the INT8 engine's are float32)"
+    if not int8 and model.dtype not in DTYPE_CODES:
         return f"dtype {model.dtype} (the engine runs float32 and bfloat16)"
     if model.requested_backend not in ENGINE_BACKENDS:
         return f"backend={model.requested_backend!r} (the engine serves 'auto' and 'cpu')"
-    if not hasattr(torch.classes.effnet, "CpuEngine"):
-        return "this build of the extension has no CpuEngine"
-    return None
-
-
-def _int8_unsupported(model) -> str | None:
-    layers = _int8_layers(model)
-    if layers is not None:
-        return layers
-    if model.device.type != "cpu":
-        return f"the model is on {model.device}"
-    if model.dtype != torch.float32:
-        return f"float parts in {model.dtype} (the INT8 engine's are float32)"
-    if model.requested_backend not in ENGINE_BACKENDS:
-        return f"backend={model.requested_backend!r} (the engine serves 'auto' and 'cpu')"
-    if not hasattr(torch.classes.effnet, "CpuEngineInt8"):
-        return "this build of the extension has no CpuEngineInt8"
+    cls = "CpuEngineInt8" if int8 else "CpuEngine"
+    if not hasattr(torch.classes.effnet, cls):
+        return f"this build of the extension has no {cls}"
     return None
 
 

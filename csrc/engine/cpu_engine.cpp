@@ -398,9 +398,7 @@ class CpuEngine : public torch::CustomClassHolder {
   }
 
  private:
-  struct Shape {
-    int64_t pt = 0, pl = 0, oh = 0, ow = 0;
-  };
+  using Shape = OutShape;
   struct Plan {
     int64_t N = -1, H = -1, W = -1, stem_pt = 0, stem_pl = 0, stem_oh = 0, stem_ow = 0;
     std::vector<Shape> shapes;
@@ -462,39 +460,27 @@ class CpuEngine : public torch::CustomClassHolder {
                                                 : nullptr);
       std::unique_ptr<char[]> dwrow(
           out != nullptr ? new char[static_cast<size_t>(d.OW * C) * es] : nullptr);
-      int64_t cur_n = -1, done = -1;  // expanded rows [.., done] of sample cur_n are in the ring
-      const void* rows[kDwMaxK];
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / d.OH, oh = r % d.OH, ih0 = oh * d.s - d.pt;
-        if (n != cur_n) cur_n = n, done = -1;
-        for (int kh = 0; kh < k; ++kh) {
-          const int64_t ih = ih0 + kh;
-          if (ih < 0 || ih >= d.H) {
-            rows[kh] = nullptr;
-            continue;
-          }
-          if (!B.has_expand) {  // the block input's own rows
-            rows[kh] = in + ((n * d.H + ih) * d.W * C) * static_cast<int64_t>(es);
-            continue;
-          }
-          char* slot = ring.get() + (ih % k) * rowbytes;
-          if (ih > done) {
-            GemmArgs g;
-            g.M = d.W, g.K = B.expand.K, g.N = C, g.lda = B.expand.K;
-            g.a = in + ((n * d.H + ih) * d.W * B.expand.K) * static_cast<int64_t>(es);
-            g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
-            g.bias = B.expand.bias.data_ptr<float>();
-            g.y = slot, g.ldy = C, g.y_dt = DT::F32, g.act = B.expand.act;
-            g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
-            gemm_range(g, 0, gemm_tiles(g));
-            done = ih;
-          }
-          rows[kh] = slot;
+      const auto row = [&](int64_t n, int64_t ih, char* slot, bool fresh) -> const void* {
+        if (!B.has_expand)  // the block input's own rows
+          return in + ((n * d.H + ih) * d.W * C) * static_cast<int64_t>(es);
+        if (fresh) {
+          GemmArgs g;
+          g.M = d.W, g.K = B.expand.K, g.N = C, g.lda = B.expand.K;
+          g.a = in + ((n * d.H + ih) * d.W * B.expand.K) * static_cast<int64_t>(es);
+          g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
+          g.bias = B.expand.bias.data_ptr<float>();
+          g.y = slot, g.ldy = C, g.y_dt = DT::F32, g.act = B.expand.act;
+          g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
+          gemm_range(g, 0, gemm_tiles(g));
         }
+        return slot;
+      };
+      ring_rows(r0, r1, d.OH, d.H, k, d.s, d.pt, ring.get(), rowbytes, row,
+                [&](int64_t r, const void* const* rows) {
         float* ps = d.psum != nullptr ? d.psum + r * round16(C) : nullptr;
         if (out == nullptr) {
           dw_row(dr, rows, static_cast<char*>(d.y) + r * d.OW * C * static_cast<int64_t>(es), ps);
-          continue;
+          return;
         }
         dw_row(dr, rows, dwrow.get(), ps);
         GemmArgs g;
@@ -505,7 +491,7 @@ class CpuEngine : public torch::CustomClassHolder {
         if (B.residual) g.res = in + o, g.ldr = B.project.N;
         g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
         gemm_range(g, 0, gemm_tiles(g));
-      }
+      });
     });
   }
 
@@ -553,14 +539,9 @@ class CpuEngine : public torch::CustomClassHolder {
 }  // namespace effnet::engine
 
 TORCH_LIBRARY_FRAGMENT(effnet, m) {
-  m.class_<effnet::engine::CpuEngine>("CpuEngine")
-      .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>>())
-      .def("forward", &effnet::engine::CpuEngine::forward)
-      .def("describe", &effnet::engine::CpuEngine::describe)
-      .def("set_profile", &effnet::engine::CpuEngine::set_profile)
-      .def("set_fuse_bytes", &effnet::engine::CpuEngine::set_fuse_bytes)
-      .def("set_amx", &effnet::engine::CpuEngine::set_amx)
-      .def("fill_workspace", &effnet::engine::CpuEngine::fill_workspace)
-      .def("profile_names", &effnet::engine::CpuEngine::profile_names)
-      .def("profile_us", &effnet::engine::CpuEngine::profile_us);
+  using effnet::engine::CpuEngine;
+  auto c = m.class_<CpuEngine>("CpuEngine")
+               .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>>())
+               .def("set_amx", &CpuEngine::set_amx);
+  effnet::engine::def_engine_methods(c);
 }

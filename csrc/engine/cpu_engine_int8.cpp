@@ -430,9 +430,7 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
   }
 
  private:
-  struct Shape {
-    int64_t pt = 0, pl = 0, oh = 0, ow = 0;
-  };
+  using Shape = OutShape;
   struct Plan {
     int64_t N = -1, H = -1, W = -1;
     std::vector<Shape> shapes;
@@ -500,36 +498,26 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
       std::vector<uint8_t> row(static_cast<size_t>(out != nullptr ? OW * Kq + 64 : 0));
       std::vector<uint8_t> xin;  // the input row with K rounded up to 4 (odd widths)
       if (K % 4 != 0) xin.resize(static_cast<size_t>(W * qpacked_k(K) + 64));
-      int64_t cur_n = -1, done = -1;
-      const void* rows[kDwMaxK];
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / OH, oh = r % OH, ih0 = oh * d.s - sh.pt;
-        if (n != cur_n) cur_n = n, done = -1;
-        for (int kh = 0; kh < k; ++kh) {
-          const int64_t ih = ih0 + kh;
-          if (ih < 0 || ih >= H) {
-            rows[kh] = nullptr;
-            continue;
+      const auto expand_row = [&](int64_t n, int64_t ih, char* slot, bool fresh) -> const void* {
+        if (fresh) {
+          QGemmArgs g;
+          g.M = W, g.K = K, g.N = C, g.a = in + (n * H + ih) * W * K, g.lda = K;
+          if (K % 4 != 0) {
+            qprep_rows(g.a, true, W, K, K, 0, nullptr, xin.data(), qpacked_k(K));
+            g.a = xin.data(), g.lda = qpacked_k(K);
           }
-          float* slot = ring.data() + (ih % k) * W * C;
-          if (ih > done) {
-            QGemmArgs g;
-            g.M = W, g.K = K, g.N = C, g.a = in + (n * H + ih) * W * K, g.lda = K;
-            if (K % 4 != 0) {
-              qprep_rows(g.a, true, W, K, K, 0, nullptr, xin.data(), qpacked_k(K));
-              g.a = xin.data(), g.lda = qpacked_k(K);
-            }
-            set_weights(g, B.expand);
-            g.y = slot, g.ldy = C, g.out = QOut::OFF;
-            qgemm_range(g, 0, qgemm_tiles(g));
-            done = ih;
-          }
-          rows[kh] = slot;
+          set_weights(g, B.expand);
+          g.y = slot, g.ldy = C, g.out = QOut::OFF;
+          qgemm_range(g, 0, qgemm_tiles(g));
         }
+        return slot;
+      };
+      ring_rows(r0, r1, OH, H, k, d.s, sh.pt, reinterpret_cast<char*>(ring.data()), W * C * 4,
+                expand_row, [&](int64_t r, const void* const* rows) {
         float* ps = psum != nullptr ? psum + r * C : nullptr;
         if (out == nullptr) {
           qdw_row(d, rows, dwo + r * OW * C, ps);
-          continue;
+          return;
         }
         qdw_row(d, rows, row.data(), ps);
         QGemmArgs g;
@@ -549,7 +537,7 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
         }
         g.y = out + o, g.ldy = B.project.N, g.out = QOut::U8;
         qgemm_range(g, 0, qgemm_tiles(g));
-      }
+      });
     });
   }
 
@@ -735,13 +723,9 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
 }  // namespace effnet::engine
 
 TORCH_LIBRARY_FRAGMENT(effnet, m) {
-  m.class_<effnet::engine::CpuEngineInt8>("CpuEngineInt8")
-      .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, std::vector<double>>())
-      .def("forward", &effnet::engine::CpuEngineInt8::forward)
-      .def("describe", &effnet::engine::CpuEngineInt8::describe)
-      .def("set_profile", &effnet::engine::CpuEngineInt8::set_profile)
-      .def("set_fuse_bytes", &effnet::engine::CpuEngineInt8::set_fuse_bytes)
-      .def("fill_workspace", &effnet::engine::CpuEngineInt8::fill_workspace)
-      .def("profile_names", &effnet::engine::CpuEngineInt8::profile_names)
-      .def("profile_us", &effnet::engine::CpuEngineInt8::profile_us);
+  using effnet::engine::CpuEngineInt8;
+  auto c = m.class_<CpuEngineInt8>("CpuEngineInt8")
+               .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>,
+                                std::vector<double>>());
+  effnet::engine::def_engine_methods(c);
 }

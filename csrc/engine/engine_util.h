@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <torch/custom_class.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -46,6 +47,11 @@ struct Geo {
     *OH = (H + p[2] + p[3] - k) / s + 1;
     *OW = (W + p[0] + p[1] - k) / s + 1;
   }
+};
+
+// A depthwise layer's output for a given input: top and left padding, output rows and columns.
+struct OutShape {
+  int64_t pt = 0, pl = 0, oh = 0, ow = 0;
 };
 
 // Runs [0, n) of `fn(begin, end)` over ATen's threads; serially when the work is small.
@@ -114,6 +120,35 @@ void im2col_row(const T* x, int64_t H, int64_t W, int64_t Ci, int k, int s, int6
   }
 }
 
+// The row walk of the fused expand + depthwise passes: for output rows [r0, r1) (r = n * OH +
+// oh) of a k x k, stride-s depthwise with top padding pt over H input rows, rows[kh] is input
+// row ih = oh * s - pt + kh (nullptr in the padding) as `row(n, ih, slot, fresh)` returns it,
+// slot being ih's place in a ring of k slots of slot_bytes (nullptr without a ring) and fresh
+// true the first time ih of sample n is asked for (what is in a slot then is still valid: each
+// expanded row is computed once, plus the k - s halo rows at the start of the range); then
+// `use(r, rows)`.
+template <typename Row, typename Use>
+void ring_rows(int64_t r0, int64_t r1, int64_t OH, int64_t H, int k, int s, int64_t pt,
+               char* ring, int64_t slot_bytes, const Row& row, const Use& use) {
+  int64_t cur_n = -1, done = -1;  // input rows [.., done] of sample cur_n are in the ring
+  const void* rows[kDwMaxK];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / OH, oh = r % OH, ih0 = oh * s - pt;
+    if (n != cur_n) cur_n = n, done = -1;
+    for (int kh = 0; kh < k; ++kh) {
+      const int64_t ih = ih0 + kh;
+      if (ih < 0 || ih >= H) {
+        rows[kh] = nullptr;
+        continue;
+      }
+      char* slot = ring != nullptr ? ring + (ih % k) * slot_bytes : nullptr;
+      rows[kh] = row(n, ih, slot, ih > done);
+      done = ih > done ? ih : done;
+    }
+    use(r, rows);
+  }
+}
+
 // Per-layer wall times of a forward while on (CpuEngine.set_profile): labels and microseconds.
 struct Profile {
   bool on = false;
@@ -135,5 +170,17 @@ struct Profile {
     t = now;
   }
 };
+
+// The methods both engines' torch classes have (CpuEngine, CpuEngineInt8).
+template <typename E>
+void def_engine_methods(torch::class_<E>& c) {
+  c.def("forward", &E::forward)
+      .def("describe", &E::describe)
+      .def("set_profile", &E::set_profile)
+      .def("set_fuse_bytes", &E::set_fuse_bytes)
+      .def("fill_workspace", &E::fill_workspace)
+      .def("profile_names", &E::profile_names)
+      .def("profile_us", &E::profile_us);
+}
 
 }  // namespace effnet::engine
