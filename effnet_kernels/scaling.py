@@ -136,7 +136,7 @@ class Candidate:
         own = CONFIGS[self.name].resolution
         if top1 is None:
             return f"{self.name} weights; top-1 published at {own} px only"
-        return f"published top-1 {top1:.1f} % ({TOP1_SOURCES[self.config.lite]})"
+        return f"published top-1 {top1:.1f} %"
 
     def create_model_call(self) -> str:
         """The ``ek.create_model(...)`` call that builds this point."""
@@ -251,6 +251,7 @@ class Measurement:
                 "round_ms": self.round_ms, "gflops_per_img": self.gflops, "params": self.params,
                 "peak_mem_mb": self.peak_mem_mb, "peak_mem_kind": self.peak_mem_kind,
                 "published_top1": c.published_top1, "weights": c.weights,
+                "top1_source": TOP1_SOURCES[c.config.lite] if c.published_top1 else None,
                 "create_model": c.create_model_call(), "on_frontier": self.on_frontier,
                 "cached": self.cached}
 
@@ -333,7 +334,9 @@ class ScaleResult:
                self.table(),
                f"* Pareto frontier (latency vs FLOPs)   > chosen   ~ peak memory estimated "
                f"(CPU)   ms/batch: median of {self.rounds} interleaved rounds; ± %: half their "
-               f"range (median over candidates: ± {self.noise_pct:.1f} %)"]
+               f"range (median over candidates: ± {self.noise_pct:.1f} %)",
+               f"published top-1 (ImageNet, at the model's own resolution): "
+               f"{TOP1_SOURCES[self.family == 'efficientnet_lite']}"]
         n_cached = sum(r.cached for r in self.rows)
         if n_cached:
             out.append(f"{n_cached} of {len(self.rows)} candidates from the cache (measured "
@@ -368,6 +371,7 @@ class ScaleResult:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
 
         fig, ax = plt.subplots(figsize=(7.5, 5))
         ax.scatter([r.gflops for r in self.rows], [r.ms for r in self.rows], s=18, c="0.6",
@@ -384,6 +388,13 @@ class ScaleResult:
                             xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        for axis, vals in ((ax.xaxis, [r.gflops for r in self.rows]),
+                           (ax.yaxis, [r.ms for r in self.rows] + [self.limit_ms])):
+            axis.set_major_formatter(plain)
+            if vals and max(vals) < 10 * min(vals):  # less than a decade: label 2, 3, ... too
+                axis.set_minor_formatter(plain)
+        ax.tick_params(which="minor", labelsize=7)
         ax.set_xlabel("GFLOPs per image")
         ax.set_ylabel(f"ms per batch of {self.batch}")
         ax.grid(alpha=0.3, which="both")
@@ -695,9 +706,11 @@ def _verdict(res: ScaleResult) -> str:
                 f"{fastest.candidate.label} ({fastest.candidate.name}) at {fastest.ms:.3f} ms "
                 f"per batch (± {fastest.noise_pct:.1f} %), {fastest.img_per_s:.1f} img/s")
     c = res.chosen
+    close = (f" (within its noise of the limit {res.limit_ms:.3g} ms: leave margin)"
+             if c.ms * (1 + c.noise_pct / 100) > res.limit_ms else "")
     return (f"chosen: {c.candidate.label} — {c.ms:.3f} ms per batch (± {c.noise_pct:.1f} %), "
-            f"{c.img_per_s:.1f} img/s, within {res.budget_words()}; {c.gflops:.3f} GFLOPs, "
-            f"{c.params / 1e6:.2f} M parameters; {c.candidate.weights}")
+            f"{c.img_per_s:.1f} img/s, within {res.budget_words()}{close}; {c.gflops:.3f} "
+            f"GFLOPs, {c.params / 1e6:.2f} M parameters; {c.candidate.weights}")
 
 
 # ----------------------------------------------------------------------------- the command
@@ -736,6 +749,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="measure everything again (and do not write the cache)")
     p.add_argument("--plot", default=None, help="write a PNG: latency vs FLOPs, frontier, budget")
     p.add_argument("--json", default=None, help="write every measurement as JSON here")
+    p.add_argument("--verify", action="store_true",
+                   help="measure the chosen candidate again, alone, and compare with the budget")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_scale)
     return p
@@ -756,15 +771,23 @@ def cmd_scale(args) -> int:
         torch.set_num_threads(args.threads)
     specs = None if args.candidates is None else [
         s for s in args.candidates.split(",") if s.strip()]
+    kw = {"device": args.device, "batch": args.batch, "dtype": args.dtype,
+          "backend": args.backend, "family": args.family, "rounds": args.rounds,
+          "min_time": args.min_time}
     try:
-        res = scale_to_budget(args.budget_ms, args.min_img_per_s, device=args.device,
-                              batch=args.batch, dtype=args.dtype, backend=args.backend,
-                              family=args.family, candidates=specs, rounds=args.rounds,
-                              min_time=args.min_time, cache=not args.no_cache,
-                              progress=not args.quiet)
+        res = scale_to_budget(args.budget_ms, args.min_img_per_s, candidates=specs,
+                              cache=not args.no_cache, progress=not args.quiet, **kw)
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"scale: {e}") from e
     print(res.report())
+    if args.verify and res.chosen is not None:
+        again = scale_to_budget(args.budget_ms, args.min_img_per_s, cache=False,
+                                candidates=[res.chosen.candidate], **kw)
+        r = again.rows[0] if again.rows else None
+        print("verify: " + (f"{res.chosen.candidate.label} measured again alone: {r.ms:.3f} ms "
+                            f"per batch (± {r.noise_pct:.1f} %), "
+                            f"{'within' if r.ms <= res.limit_ms else 'OVER'} the limit "
+                            f"{res.limit_ms:.3g} ms" if r else again.message))
     if args.json:
         doc, dest = res.to_dict(), Path(args.json)
         if dest.is_dir():  # not named like a bench result: `bench --load` does not read these

@@ -279,6 +279,19 @@ def test_no_candidate_meets_the_budget_names_the_fastest():
     assert "build it" not in res.report() and res.message in res.report()
 
 
+def test_a_choice_within_its_noise_of_the_budget_says_so():
+    def timer_of(values):
+        it = iter(values)
+        return lambda c: next(it)
+
+    kw = {"candidates": ["lite0@64"], "rounds": 3}
+    res = _scale(1.05, timer=timer_of([1.0, 0.9, 1.1, 1.0]), **kw)  # estimate, then 3 rounds
+    assert res.chosen.ms == 1.0 and res.chosen.noise_pct == pytest.approx(10.0)
+    assert "within its noise of the limit 1.05 ms: leave margin" in res.message
+    res = _scale(2.0, timer=timer_of([1.0, 0.9, 1.1, 1.0]), **kw)
+    assert res.chosen is not None and "noise of the limit" not in res.message
+
+
 def test_throughput_budget_and_both():
     res = _scale(None, min_img_per_s=400, batch=4)  # 4 images per 10 ms
     assert res.limit_ms == pytest.approx(10.0)
@@ -391,9 +404,10 @@ def test_cli_scale_prints_table_plot_json_and_the_call(tmp_path, capsys, monkeyp
     argv = ["scale", "--budget-ms", "1e4", "--device", "cpu", "--threads", "1", "--family", "lite",
             "--candidates", "lite0@64,phi=-1@64", "--rounds", "2", "--min-time", "0.05",
             "--quiet", "--json", str(js), "--plot", str(png)]
-    assert main(argv) == 0
+    assert main(argv + ["--verify"]) == 0
     out = capsys.readouterr().out
     assert "pretrained weights" in out and "Pareto frontier" in out
+    assert "measured again alone" in out and "within the limit 1e+04 ms" in out
     assert "build it: ek.create_model(" in out
     doc = json.loads(js.read_text())
     assert {r["label"] for r in doc["rows"]} == {"lite0@64", "phi=-1@64"}

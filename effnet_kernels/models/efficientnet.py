@@ -169,8 +169,8 @@ PUBLISHED_TOP1: dict[str, float] = {
     "efficientnet_lite0": 75.1, "efficientnet_lite1": 76.7, "efficientnet_lite2": 77.6,
     "efficientnet_lite3": 79.8, "efficientnet_lite4": 81.5,
 }
-TOP1_SOURCES = {False: "EfficientNet paper (Tan & Le 2019), Table 2",
-                True: "TensorFlow EfficientNet-Lite README (tensorflow/tpu)"}
+TOP1_SOURCES = {False: "the EfficientNet paper (Tan & Le 2019), Table 2",
+                True: "the TensorFlow EfficientNet-Lite README (github.com/tensorflow/tpu)"}
 
 
 def _number(name: str, v, lo: float, hi: float) -> float:
