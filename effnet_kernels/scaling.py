@@ -41,6 +41,7 @@ import math
 import os
 import re
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,8 +342,12 @@ class ScaleResult:
         if n_cached:
             out.append(f"{n_cached} of {len(self.rows)} candidates from the cache (measured "
                        "earlier on this device; --no-cache / cache=False to measure again)")
+        groups: dict[str, list[str]] = {}
         for c, why in self.skipped:
-            out.append(f"skipped {c.label}: {why}")
+            groups.setdefault(why, []).append(c.label)
+        for why, labels in groups.items():
+            out.append(textwrap.fill(f"skipped {len(labels)}, as each {why}: "
+                                     f"{', '.join(labels)}", 100, subsequent_indent="  "))
         for c, why in self.errors:
             out.append(f"FAILED {c.label}: {why}")
         out.append(self.message)
