@@ -320,6 +320,8 @@ def test_rounds_are_interleaved_and_too_big_candidates_are_not_built():
         o = next(o for o in over if o.label in why)
         assert c.width >= o.width and c.depth >= o.depth and c.resolution >= o.resolution
         assert "over 2 × the budget" in why
+    assert "skipped 2, as each contains lite0@128 (width, depth and resolution all ≥)" in \
+        res.report()
 
 
 def test_cache_reruns_measure_only_what_is_new(tmp_path):
