@@ -14,10 +14,10 @@ and latency disagree, so this module measures instead of counting:
    once, warmed up (CPU 2, GPU 5 calls) and its latency estimated (the fastest warm-up call). A
    candidate that contains one already estimated over ``stop_factor`` × the budget (width,
    depth and resolution all ≥; not merely more FLOPs: FLOPs and latency disagree) is not built,
-   and is listed as skipped. Then
-   ``rounds`` interleaved rounds (:func:`effnet_kernels.bench.runner.interleave`: every
-   candidate timed once per round, one burst of calls, the starting one rotating) give each
-   candidate's median ms per batch; the spread of its rounds is its stated noise. Results are
+   and is listed as skipped. Then ``rounds`` interleaved rounds
+   (:func:`effnet_kernels.bench.runner.interleave`: every candidate timed once per round, one
+   burst of calls, the starting one rotating) give each candidate's median ms per batch; the
+   spread of its rounds is its stated noise. Results are
    cached per device (device name and threads, commit, torch, dtype, batch, backend) in
    ``$EFFNET_CACHE_DIR`` (default ``~/.cache/effnet_kernels``), so a rerun measures only what
    is new.
@@ -618,6 +618,8 @@ def scale_to_budget(budget_ms: float | None = None, min_img_per_s: float | None 
     fam = _family(family)
     if timer is None:
         op_backends(backend, dev)  # RuntimeError now, not once per candidate
+    if isinstance(candidates, (str, Candidate)):
+        candidates = [candidates]
     cands = default_candidates(fam) if candidates is None else \
         [Candidate.parse(c, fam) for c in candidates]
     if not cands:

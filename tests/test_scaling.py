@@ -296,6 +296,8 @@ def test_throughput_budget_and_both():
     res = _scale(None, min_img_per_s=400, batch=4)  # 4 images per 10 ms
     assert res.limit_ms == pytest.approx(10.0)
     assert res.chosen.img_per_s >= 400 and "400 img/s" in res.message
+    one = _scale(1e3, candidates="lite0@64")  # one spec, not a list of its letters
+    assert [r.candidate.label for r in one.rows] == ["lite0@64"]
     both = _scale(20.0, min_img_per_s=400, batch=4)
     assert both.limit_ms == pytest.approx(10.0) and both.chosen.ms <= 10.0
 
