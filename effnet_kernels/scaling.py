@@ -595,8 +595,9 @@ def scale_to_budget(budget_ms: float | None = None, min_img_per_s: float | None 
         rounds / min_time: interleaved rounds (default 5) and seconds of timed calls per
             candidate over all rounds (default 0.3 CPU, 0.2 GPU).
         stop_factor: candidates containing one estimated over this × the budget (width, depth
-            and resolution all ≥) are skipped. cache: True (``$EFFNET_CACHE_DIR`` or ``~/.cache/effnet_kernels``), a
-            directory, or False. progress: a progress bar on stderr.
+            and resolution all ≥) are skipped. cache: True (``$EFFNET_CACHE_DIR`` or
+            ``~/.cache/effnet_kernels``), a directory, or False. progress: a progress bar on
+            stderr.
         timer: instead of building and timing, ``timer(candidate)`` → ms per batch of one
             round (for tests and other clocks; with it, ``cache=True`` means no cache).
 
