@@ -32,7 +32,8 @@ from .intmm import INT8_BASELINE_WHY, int_mm_works
 from .shapes import add_roofline
 from .timing import MiB, burst_ms, copy_bandwidth_gbps
 
-__all__ = ["Job", "Settings", "interleave", "plan_jobs", "run"]
+__all__ = ["Job", "Settings", "calls_per_round", "interleave", "plan_jobs", "progress_bar",
+           "run"]
 
 MAX_CALLS_PER_ROUND = 200
 CPU_MAX_WARMUP = 2  # CPU runners need no autotuning: two warm-up calls after the first
@@ -113,7 +114,9 @@ def _message(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def _progress(total: int, quiet: bool):
+def progress_bar(total: int, quiet: bool):
+    """A tqdm bar on stderr (``set_description_str``, ``update``, ``write``, ``close``), or
+    one printed line per step without tqdm; nothing with ``quiet``."""
     try:
         if quiet:
             raise ImportError
@@ -145,11 +148,14 @@ class _PlainProgress:
         pass
 
 
-def _calls_per_round(est_ms: float, s: Settings) -> int:
+def calls_per_round(est_ms: float, s: Settings) -> int:
     """Calls in one burst so that the rounds together time ``min_time`` s and ``min_reps``."""
     by_reps = math.ceil(s.min_reps / s.rounds)
     by_time = math.ceil(s.min_time * 1e3 / s.rounds / max(est_ms, 1e-6))
     return max(1, min(MAX_CALLS_PER_ROUND, max(by_reps, by_time)))
+
+
+_progress, _calls_per_round = progress_bar, calls_per_round  # the names tests/ use
 
 
 def _prepare(job: Job, ctx: BuildContext, s: Settings) -> _Entry:
@@ -171,7 +177,7 @@ def _prepare(job: Job, ctx: BuildContext, s: Settings) -> _Entry:
         n_warm = max(1, runner.warmup if cuda else min(CPU_MAX_WARMUP, runner.warmup))
         warm = [burst_ms(runner.fn, runner.x, 1, ctx.device) for _ in range(n_warm)]
     peak = (torch.cuda.max_memory_allocated(ctx.device) - before) / MiB if cuda else None
-    return _Entry(job, runner, _calls_per_round(statistics.median(warm[-3:]), s),
+    return _Entry(job, runner, calls_per_round(statistics.median(warm[-3:]), s),
                   round(build_s, 3), note, peak)
 
 
@@ -306,7 +312,7 @@ def run(args, checkpoint=None) -> dict:
             "small machine); name it in --backends to include it")
     _int8_entry(doc, kinds if args.backends else (), args.dtype, device, args.quick, say)
     jobs = plan_jobs(args.models, args.batch, args.dtype, kinds, device.type, args.quick)
-    state = _Run(doc, _progress(len(jobs), args.quiet), device, s)
+    state = _Run(doc, progress_bar(len(jobs), args.quiet), device, s)
     for model in args.models:
         res = args.resolution or CONFIGS[model].resolution
         torch.manual_seed(0)

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.efficientnet import CONFIGS, EfficientNet, MBConv
+from ..models.efficientnet import CONFIGS, EfficientNet, EfficientNetConfig, MBConv, get_config
 
 __all__ = ["ELEM_SIZE", "BlockShape", "DWLayer", "ModelShapes", "add_roofline", "conv_out",
            "dw_layers", "dwconv_bytes", "dwconv_flops", "floor_ms", "model_shapes",
-           "model_traffic"]
+           "model_traffic", "param_count"]
 
 ELEM_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
@@ -81,12 +81,16 @@ class ModelShapes:
 
 
 @functools.lru_cache(maxsize=None)
-def _meta_model(model: str, num_classes: int) -> EfficientNet:
-    """The ek model of that name on the meta device (shapes only, no memory)."""
-    if model not in CONFIGS:
-        raise ValueError(f"unknown model {model!r}; valid names: {', '.join(sorted(CONFIGS))}")
+def _meta_model(model: str | EfficientNetConfig, num_classes: int) -> EfficientNet:
+    """The ek model of that name (or config) on the meta device (shapes only, no memory)."""
+    cfg = get_config(model)
     with torch.device("meta"):
-        return EfficientNet(model, num_classes=num_classes)
+        return EfficientNet(cfg, num_classes=num_classes)
+
+
+def param_count(model: str | EfficientNetConfig, num_classes: int = 1000) -> int:
+    """Parameters of the trainable model (BN not folded), from its meta-device copy."""
+    return sum(p.numel() for p in _meta_model(model, num_classes).parameters())
 
 
 def _block_shape(stage: int, index: int, blk: MBConv, h: int, w: int) -> BlockShape:
@@ -97,11 +101,12 @@ def _block_shape(stage: int, index: int, blk: MBConv, h: int, w: int) -> BlockSh
                       h, w, ho, wo)
 
 
-def model_shapes(model: str, resolution: int | None = None,
+def model_shapes(model: str | EfficientNetConfig, resolution: int | None = None,
                  num_classes: int = 1000) -> ModelShapes:
-    """Every layer shape of ``model`` (an ek model name) at ``resolution`` (default: its own)."""
+    """Every layer shape of ``model`` (an ek model name, or the config of a compound-scaled
+    one) at ``resolution`` (default: its own)."""
     m = _meta_model(model, num_classes)
-    res = int(resolution or CONFIGS[model].resolution)
+    res = int(resolution or m.config.resolution)
     stem = m.stem.conv
     h = w = conv_out(res, stem.kernel_size[0], stem.stride[0])
     stem_hw, blocks = (h, w), []
@@ -110,7 +115,7 @@ def model_shapes(model: str, resolution: int | None = None,
             b = _block_shape(si, j, blk, h, w)
             blocks.append(b)
             h, w = b.ho, b.wo
-    return ModelShapes(model, res, stem.out_channels, stem_hw, tuple(blocks),
+    return ModelShapes(m.config.name, res, stem.out_channels, stem_hw, tuple(blocks),
                        m.head.conv.in_channels, m.head.conv.out_channels, (h, w),
                        m.classifier.out_features)
 
@@ -188,7 +193,7 @@ def _block_traffic(b: BlockShape, e: int) -> tuple[int, int, int, int]:
     return kern, e * (x_in + y), params, macs
 
 
-def model_traffic(model: str | ModelShapes, resolution: int | None = None,
+def model_traffic(model: str | EfficientNetConfig | ModelShapes, resolution: int | None = None,
                   elem_size: int = 2) -> dict:
     """Minimum traffic and work of one forward (see the module docstring).
 

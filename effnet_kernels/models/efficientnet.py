@@ -8,7 +8,8 @@ built from these modules elsewhere (``effnet_kernels.optimize``); this file need
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +18,23 @@ from torch import Tensor, nn
 from ..reference import conv_pads
 
 __all__ = [
+    "ALPHA",
+    "BASE_RESOLUTION",
     "BASE_STAGES",
+    "BETA",
     "CONFIGS",
+    "FAMILIES",
+    "GAMMA",
+    "PUBLISHED_TOP1",
     "ConvBNAct",
     "EfficientNet",
     "EfficientNetConfig",
     "MBConv",
     "SqueezeExcitation",
     "StageSetting",
+    "TOP1_SOURCES",
+    "check_resolution",
+    "compound_config",
     "create_model",
     "efficientnet_b0",
     "efficientnet_b1",
@@ -39,9 +49,11 @@ __all__ = [
     "efficientnet_lite2",
     "efficientnet_lite3",
     "efficientnet_lite4",
+    "get_config",
     "head_channels",
     "list_models",
     "make_divisible",
+    "phi_point",
     "stage_settings",
     "stem_channels",
 ]
@@ -122,7 +134,8 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v
 
 
-def _get_config(config: str | EfficientNetConfig) -> EfficientNetConfig:
+def get_config(config: str | EfficientNetConfig) -> EfficientNetConfig:
+    """``config`` itself, or the table's config of that model name (ValueError if unknown)."""
     if isinstance(config, EfficientNetConfig):
         return config
     if config not in CONFIGS:
@@ -130,21 +143,124 @@ def _get_config(config: str | EfficientNetConfig) -> EfficientNetConfig:
     return CONFIGS[config]
 
 
+# ----------------------------------------------------------------------------- compound scaling
+# Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs" (ICML 2019), eq. 3 and §3.3:
+# depth d = α^φ, width w = β^φ, resolution r = γ^φ, α·β²·γ² ≈ 2 (FLOPs ~ 2^φ); the grid search
+# on B0 gave α = 1.2, β = 1.1, γ = 1.15. B1–B7 (the table above) are hand-rounded points near
+# that curve, not its exact points.
+ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
+BASE_RESOLUTION = 224  # B0 / Lite0
+FAMILIES = {"efficientnet": False, "efficientnet_lite": True}  # family name → lite
+# What a custom point may ask for: outside these it is not an EfficientNet any more (and a
+# typo such as width_mult=11 would build a 1.3-billion-parameter model).
+WIDTH_RANGE = (0.1, 8.0)
+DEPTH_RANGE = (0.1, 8.0)
+PHI_RANGE = (-5.0, 10.0)
+RESOLUTION_RANGE = (32, 2048)
+RESOLUTION_MULTIPLE = 8  # φ's resolution γ^φ·224 is rounded to this
+
+# Published ImageNet top-1 (%), each at the model's own resolution in the table above.
+# B0–B7: the EfficientNet paper, Table 2. Lite0–4: the TensorFlow EfficientNet-Lite README
+# (github.com/tensorflow/tpu, models/official/efficientnet/lite/README.md, float models).
+PUBLISHED_TOP1: dict[str, float] = {
+    "efficientnet_b0": 77.1, "efficientnet_b1": 79.1, "efficientnet_b2": 80.1,
+    "efficientnet_b3": 81.6, "efficientnet_b4": 82.9, "efficientnet_b5": 83.6,
+    "efficientnet_b6": 84.0, "efficientnet_b7": 84.3,
+    "efficientnet_lite0": 75.1, "efficientnet_lite1": 76.7, "efficientnet_lite2": 77.6,
+    "efficientnet_lite3": 79.8, "efficientnet_lite4": 81.5,
+}
+TOP1_SOURCES = {False: "the EfficientNet paper (Tan & Le 2019), Table 2",
+                True: "the TensorFlow EfficientNet-Lite README (github.com/tensorflow/tpu)"}
+
+
+def _number(name: str, v, lo: float, hi: float) -> float:
+    """``v`` as a float if it is a real number in [lo, hi], else ValueError saying so."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    v = float(v)
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {v!r}")
+    return v
+
+
+def check_resolution(resolution) -> int:
+    """``resolution`` as an int if it is a whole number of pixels in RESOLUTION_RANGE."""
+    lo, hi = RESOLUTION_RANGE
+    if isinstance(resolution, bool) or not isinstance(resolution, numbers.Real) or \
+            not math.isfinite(resolution) or resolution != int(resolution):
+        raise ValueError(f"resolution must be a whole number of pixels, got {resolution!r}")
+    if not lo <= resolution <= hi:
+        raise ValueError(f"resolution must be between {lo} and {hi} pixels, got {resolution!r}")
+    return int(resolution)
+
+
+def phi_point(phi: float) -> tuple[float, float, int]:
+    """(width, depth, resolution) of compound coefficient φ: β^φ and α^φ rounded to 4 decimals
+    (so that the printed numbers rebuild the same model), 224·γ^φ rounded to a multiple of 8."""
+    phi = _number("phi", phi, *PHI_RANGE)
+    res = round(BASE_RESOLUTION * GAMMA**phi / RESOLUTION_MULTIPLE) * RESOLUTION_MULTIPLE
+    return round(BETA**phi, 4), round(ALPHA**phi, 4), max(RESOLUTION_RANGE[0], res)
+
+
+def _size_reference(lite: bool, width: float, depth: float) -> EfficientNetConfig:
+    """The largest named model of the family that the point contains (width and depth both ≥
+    its own); the family's smallest when there is none. The table grows in both along its
+    order, so this is the last such entry."""
+    family = [c for c in CONFIGS.values() if c.lite == lite]
+    inside = [c for c in family if c.width <= width + 1e-9 and c.depth <= depth + 1e-9]
+    return inside[-1] if inside else family[0]
+
+
+def compound_config(family: str = "efficientnet", *, phi: float | None = None,
+                    width_mult: float | None = None, depth_mult: float | None = None,
+                    resolution: int | None = None) -> EfficientNetConfig:
+    """The config of a compound-scaled point of ``family`` ("efficientnet" or
+    "efficientnet_lite").
+
+    Either ``phi`` (width β^φ, depth α^φ, resolution 224·γ^φ; see :func:`phi_point`) or
+    ``width_mult`` / ``depth_mult`` (default 1.0 each); ``resolution`` (the model's default
+    input size; default 224, or φ's) may be given with either. The model is built by the same
+    rules as the table's (:func:`stage_settings`: make_divisible widths, ceil repeats, SE on
+    the block input width, Lite's fixed stem/head and first/last stage). Per-size choices
+    (dropout, BN eps/momentum) are those of the largest named model of the family the point
+    contains (B0's below B0). A point with the width and depth of a named model *is* that
+    model (its config, name included, at ``resolution``: its pretrained weights fit).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    lite = FAMILIES[family]
+    if phi is not None:
+        if width_mult is not None or depth_mult is not None:
+            raise ValueError("give either phi or width_mult/depth_mult, not both (phi sets "
+                             "width = 1.1**phi and depth = 1.2**phi)")
+        width, depth, res = phi_point(phi)
+    else:
+        width = 1.0 if width_mult is None else _number("width_mult", width_mult, *WIDTH_RANGE)
+        depth = 1.0 if depth_mult is None else _number("depth_mult", depth_mult, *DEPTH_RANGE)
+        res = BASE_RESOLUTION
+    res = res if resolution is None else check_resolution(resolution)
+    ref = _size_reference(lite, width, depth)
+    if (ref.width, ref.depth) == (width, depth):
+        return replace(ref, resolution=res)
+    name = f"{family}_w{width:g}_d{depth:g}"
+    return replace(ref, name=name, width=width, depth=depth, resolution=res)
+
+
 def stem_channels(config: str | EfficientNetConfig) -> int:
     """Stem width: 32 for Lite (not scaled), make_divisible(32·width) otherwise."""
-    cfg = _get_config(config)
+    cfg = get_config(config)
     return 32 if cfg.lite else make_divisible(32 * cfg.width)
 
 
 def head_channels(config: str | EfficientNetConfig) -> int:
     """Head width: 1280 for Lite (not scaled), make_divisible(1280·width) otherwise."""
-    cfg = _get_config(config)
+    cfg = get_config(config)
     return 1280 if cfg.lite else make_divisible(1280 * cfg.width)
 
 
 def stage_settings(config: str | EfficientNetConfig) -> list[StageSetting]:
     """The seven scaled stages. Repeats = ceil(r·depth); Lite keeps the first and last at r."""
-    cfg = _get_config(config)
+    cfg = get_config(config)
     stages, in_ch = [], stem_channels(cfg)
     for i, (e, k, s, c, r) in enumerate(BASE_STAGES):
         fixed = cfg.lite and i in (0, len(BASE_STAGES) - 1)
@@ -301,7 +417,7 @@ class EfficientNet(nn.Module):
         bn_momentum: float | None = None,
     ) -> None:
         super().__init__()
-        cfg = self.config = _get_config(config)
+        cfg = self.config = get_config(config)
         self.padding_mode, self.num_classes = padding_mode, num_classes
         self.bn_eps = cfg.bn_eps if bn_eps is None else bn_eps
         self.bn_momentum = cfg.bn_momentum if bn_momentum is None else bn_momentum
@@ -370,26 +486,53 @@ def list_models() -> list[str]:
     return sorted(CONFIGS)
 
 
-def _build(name: str, features_only: bool = False, out_indices=None, **kwargs) -> nn.Module:
+def _resolve_config(name: str, phi=None, width_mult=None, depth_mult=None,
+                    resolution=None) -> EfficientNetConfig:
+    """The config ``create_model`` builds: a table name (``resolution`` may change its default
+    input size) or a family with its compound-scaling arguments (:func:`compound_config`)."""
+    if name in FAMILIES:
+        return compound_config(name, phi=phi, width_mult=width_mult, depth_mult=depth_mult,
+                               resolution=resolution)
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}, or a "
+                         f"family to scale ({', '.join(FAMILIES)}) with phi= or "
+                         "width_mult=/depth_mult=")
+    if phi is not None or width_mult is not None or depth_mult is not None:
+        family = "efficientnet_lite" if CONFIGS[name].lite else "efficientnet"
+        raise ValueError(f"{name} is a fixed point of the table; phi/width_mult/depth_mult "
+                         f"scale a family: create_model({family!r}, phi=...)")
+    cfg = CONFIGS[name]
+    return cfg if resolution is None else replace(cfg, resolution=check_resolution(resolution))
+
+
+def _build(name: str, features_only: bool = False, out_indices=None, *, phi=None,
+           width_mult=None, depth_mult=None, resolution=None, **kwargs) -> nn.Module:
     """The model ``name`` (kwargs go to :class:`EfficientNet`; ``num_classes=0`` drops the
     classifier: the forward returns the pooled embedding); with ``features_only=True`` the
     multi-scale backbone :class:`~effnet_kernels.models.features.EfficientNetFeatures` over it,
     returning the feature maps at ``out_indices`` (default all five, timm's convention)."""
     from .features import EfficientNetFeatures
 
-    if name not in CONFIGS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    cfg = _resolve_config(name, phi, width_mult, depth_mult, resolution)
     if out_indices is not None and not features_only:
         raise ValueError("out_indices needs features_only=True")
-    model = EfficientNet(name, **kwargs)
+    model = EfficientNet(cfg, **kwargs)
     if not features_only:
         return model
     return EfficientNetFeatures(model, out_indices)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a model by name (see :func:`list_models`); kwargs go to :class:`EfficientNet`,
-    except ``features_only`` / ``out_indices`` (a multi-scale backbone, see ``_build``)."""
+    """Build a model by name (see :func:`list_models`), or a compound-scaled one of a family:
+
+        create_model("efficientnet_b3")                       # the table's B3
+        create_model("efficientnet_b0", resolution=256)       # B0, default input size 256
+        create_model("efficientnet", phi=1.5)                 # width 1.1^1.5, depth 1.2^1.5, 280 px
+        create_model("efficientnet_lite", width_mult=1.1, depth_mult=1.3, resolution=256)
+
+    ``phi`` / ``width_mult`` / ``depth_mult`` / ``resolution``: see :func:`compound_config`
+    (nonsense values raise ValueError). Other kwargs go to :class:`EfficientNet`, except
+    ``features_only`` / ``out_indices`` (a multi-scale backbone, see ``_build``)."""
     return _build(name, **kwargs)
 
 
