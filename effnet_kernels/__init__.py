@@ -4,6 +4,7 @@
     m = ek.efficientnet_b0()                 # or ek.create_model("efficientnet_lite0"), ...
     m = ek.from_torchvision(tv_model)        # ek.from_timm(...), ek.from_efficientnet_pytorch(...)
     f = ek.optimize(m)                       # frozen fused inference model
+    t = ek.optimize_for_training(m)          # trainable, memory-efficient, over m's parameters
     q = ek.quantize(f, calibration_batches)  # INT8 inference model
     ek.build_info()                          # how the compiled core was built
 """
@@ -38,6 +39,7 @@ from .models import (  # noqa: E402
 )
 from .optimize import optimize  # noqa: E402
 from .quant import load_quantized, quantize  # noqa: E402
+from .training import optimize_for_training  # noqa: E402
 
 
 def build_info() -> dict:
@@ -62,6 +64,7 @@ def build_info() -> dict:
 
 __all__ = [
     "build_info", "ops", "reference", "fold_bn", "from_efficientnet_pytorch", "from_timm",
-    "from_torchvision", "optimize", "quantize", "load_quantized", "create_model", "list_models",
+    "from_torchvision", "optimize", "optimize_for_training", "quantize", "load_quantized",
+    "create_model", "list_models",
     *[f"efficientnet_b{i}" for i in range(8)], *[f"efficientnet_lite{i}" for i in range(5)],
 ]
