@@ -8,7 +8,8 @@ the source's, so an optimizer, an EMA or a checkpoint built on the source keeps 
 BatchNorm running statistics it updates are the source's buffers. Only the forward differs: it
 runs the ops of :mod:`effnet_kernels.train_ops`, which save the conv outputs once and recompute
 BatchNorm, activations and the SE-scaled tensor in backward (see that module). At 224² fp32 a B0
-step saves ~30 % of the bytes eager PyTorch saves for backward (benchmarks/train_memory.py).
+step saves ~32 % of the activation bytes eager PyTorch saves for backward (``effnet-kernels
+bench --train``).
 
 What runs, per MBConv block (``z`` conv outputs before their BN; ``BN·act`` applied on load)::
 

@@ -129,3 +129,19 @@ def test_torchrun_two_cpu_ranks(folder, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "epoch 1/1: loss" in r.stdout and "(2 processes)" in r.stdout
     assert torch.load(tmp_path / "o" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_bench_train(tmp_path, capsys):
+    """``bench --train`` rows: eager and ours, img/s, saved MiB per image (ours below half of
+    eager's), peak MiB, and the JSON."""
+    import json
+
+    rc = main(["bench", "--train", "--models", "lite0", "--batch", "2", "--resolution", "32",
+               "--rounds", "1", "--json", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "efficientnet_lite0" in out and "saved MiB/img" in out
+    (path,) = tmp_path.glob("*-train.json")
+    rows = {r["runner"]: r for r in json.loads(path.read_text())["rows"]}
+    assert set(rows) == {"eager", "ours"}
+    assert all(r["img_per_s"] > 0 and r["peak_mib"] > 0 for r in rows.values())
+    assert rows["ours"]["saved_mib_per_image"] < 0.5 * rows["eager"]["saved_mib_per_image"]

@@ -198,8 +198,8 @@ def test_torch_compile():
     """fullgraph compile of a training step's forward and backward through AOTAutograd (the
     ops' fake kernels, autograd formulas, the running-statistics mutation functionalized),
     equal to the uncompiled step. backend="aot_eager": Inductor's code generation around the
-    opaque ops adds minutes here and nothing the ops decide (benchmarks/train_memory.py
-    --compile runs it with Inductor)."""
+    opaque ops adds minutes here and nothing the ops decide (the Inductor run is in
+    README.md, "Training")."""
     src = tiny_model().train()
     src2 = copy.deepcopy(src)
     ours, ours2 = ek.optimize_for_training(src), ek.optimize_for_training(src2)
@@ -213,7 +213,7 @@ def test_torch_compile():
 
 def test_saved_bytes_ratio():
     """Bytes saved for backward (unique storages) at 64² batch 2, B0: at most half of eager's
-    (benchmarks/train_memory.py measures 224²)."""
+    (``effnet-kernels bench --train`` measures 224²)."""
     m = ek.efficientnet_b0().train()
     x = torch.randn(2, 3, 64, 64)
     eager = saved_bytes(m, x)

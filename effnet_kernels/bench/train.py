@@ -150,3 +150,47 @@ def train_step_rows(model_name: str, batch: int, resolution: int, rounds: int = 
                      "saved_mib_per_image_with_params": sb["total"] / batch / 2**20,
                      "peak_mib": peak / 2**20, "rounds_ms": [t * 1e3 for t in times[k]]})
     return rows
+
+
+TRAIN_DEFAULTS = {"models": ("efficientnet_b0", "efficientnet_lite0"), "batch": (8,)}
+
+
+def cmd_train_bench(args) -> int:
+    """``effnet-kernels bench --train``: training-step rows (eager vs ours) for ``--models`` ×
+    ``--batch`` at each model's resolution (or ``--resolution``); ``--rounds`` (default 3);
+    ``--json`` writes the rows with the environment."""
+    import json
+    from pathlib import Path
+
+    from .envinfo import environment, result_filename
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..models.efficientnet import CONFIGS
+
+    models = args.models or list(TRAIN_DEFAULTS["models"])
+    batches = args.batch or list(TRAIN_DEFAULTS["batch"])
+    doc = {**environment(device), "kind": "train", "threads": torch.get_num_threads(),
+           "rows": []}
+    print(f"training steps on {doc['device']} ({doc['threads']} threads), commit "
+          f"{doc['commit']}: forward + cross-entropy + backward + SGD step")
+    print(f"{'model':<20}{'batch':>6}{'res':>5}  {'runner':<7}{'img/s':>8}{'ms/step':>9}"
+          f"{'saved MiB/img':>15}{'(+params)':>11}{'peak MiB':>10}")
+    for name in models:
+        res = args.resolution or CONFIGS[name].resolution
+        for b in batches:
+            for r in train_step_rows(name, b, res, rounds=args.rounds or 3,
+                                     device=device.type):
+                doc["rows"].append(r)
+                print(f"{name:<20}{b:>6}{res:>5}  {r['runner']:<7}{r['img_per_s']:>8.2f}"
+                      f"{r['ms_per_step']:>9.0f}{r['saved_mib_per_image']:>15.1f}"
+                      f"{r['saved_mib_per_image_with_params']:>11.1f}{r['peak_mib']:>10.0f}",
+                      flush=True)
+    if args.json:
+        path = Path(args.json)
+        if path.is_dir():
+            path = path / result_filename(doc).replace(".json", "-train.json")
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {path}")
+    return 0
