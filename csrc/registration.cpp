@@ -52,6 +52,12 @@ TORCH_LIBRARY(effnet, m) {
   // float x (any layout) -> int8 clamp(floor(x * inv_scale + 0.5) + zp, -128, 127), channels_last
   // when x is 4-D: the model input into the int8 grid (reference.py::quantize_per_tensor).
   m.def("quantize_per_tensor(Tensor x, float inv_scale, int zp) -> Tensor");
+  // Training (effnet_kernels/train_ops.py): the backward of y = act((x - mean) * scale + beta)
+  // [* gate[n, c]] for channels_last float32 x and dy: (dx, dscale, dbeta, dgate), dscale/dbeta
+  // (C,), dgate (N, C) (an empty (0, 0) tensor without a gate); one pass, nothing stored.
+  m.def(
+      "bn_act_backward(Tensor x, Tensor dy, Tensor mean, Tensor scale, Tensor beta, str act, "
+      "Tensor? gate) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace effnet {

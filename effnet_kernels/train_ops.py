@@ -47,19 +47,35 @@ from .reference import ACTIVATIONS, apply_act
 __all__ = ["SCHEMAS", "BACKENDS", "batch_stats", "bn_act", "bn_act_pool", "dwconv", "pwconv",
            "se_gate", "act_grad"]
 
-# Backends of the training ops: the ATen compositions below ("torch").
-BACKENDS = ("torch",)
+def _has_cpu_kernel() -> bool:
+    from . import registry
+
+    return registry._has_cpp_kernel("bn_act_backward", "CPU")
+
+
+# Backends of the training ops: "torch" = the ATen compositions below; "cpu" = the same with the
+# fused C++ kernel effnet::bn_act_backward for the BN-act backward (float32 CPU tensors).
+BACKENDS = ("cpu", "torch") if _has_cpu_kernel() else ("torch",)
+CHOICES = ("auto", *BACKENDS)
+
+if "cpu" in BACKENDS:
+    @torch.library.register_fake("effnet::bn_act_backward")
+    def _(x, dy, mean, scale, beta, act, gate):
+        c = x.shape[1]
+        dgate = x.new_empty((x.shape[0], c) if gate is not None else (0, 0))
+        return _empty_nhwc(x, x.shape), x.new_empty((c,)), x.new_empty((c,)), dgate
 
 _NS = "effnet_train"
 SCHEMAS = {
     "batch_stats": "(Tensor z) -> (Tensor, Tensor)",
-    "bn_act": "(Tensor z, Tensor mean, Tensor scale, Tensor beta, str act, Tensor? residual) "
-              "-> Tensor",
-    "bn_act_pool": "(Tensor z, Tensor mean, Tensor scale, Tensor beta, str act) -> Tensor",
+    "bn_act": "(Tensor z, Tensor mean, Tensor scale, Tensor beta, str act, Tensor? residual, "
+              "str backend) -> Tensor",
+    "bn_act_pool": "(Tensor z, Tensor mean, Tensor scale, Tensor beta, str act, str backend) "
+                   "-> Tensor",
     "dwconv": "(Tensor x, Tensor weight, Tensor? mean, Tensor? scale, Tensor? beta, str act, "
-              "int stride, int[] padding) -> Tensor",
+              "int stride, int[] padding, str backend) -> Tensor",
     "pwconv": "(Tensor x, Tensor weight, Tensor? mean, Tensor? scale, Tensor? beta, str act, "
-              "Tensor? gate) -> Tensor",
+              "Tensor? gate, str backend) -> Tensor",
     "se_gate": "(Tensor pool, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor",
 }
 CL = torch.channels_last
@@ -79,10 +95,20 @@ def _empty_nhwc(like: Tensor, shape, dtype=None) -> Tensor:
 
 
 def _as_nhwc_out(v: Tensor, dtype: torch.dtype) -> Tensor:
-    """``v`` cast to ``dtype`` in a fresh channels_last tensor (strides as the fake kernels')."""
+    """``v`` in ``dtype`` with the strides of a fresh channels_last tensor (what the fake kernels
+    promise): ``v`` itself when it already is one (a fresh result), else a copy."""
+    if v.dtype == dtype and v.dim() == 4:
+        n, c, h, w = v.shape
+        if v.stride() == (h * w * c, 1, w * c, c) and v.storage_offset() == 0:
+            return v
     out = _empty_nhwc(v, v.shape, dtype)
     out.copy_(v)
     return out
+
+
+def _rows(t: Tensor) -> Tensor:
+    """(N, C, H, W) channels_last → the (N·H·W, C) matrix view."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
 def _c4(v: Tensor) -> Tensor:
@@ -90,14 +116,14 @@ def _c4(v: Tensor) -> Tensor:
 
 
 def act_grad(v: Tensor, act: str, g: Tensor) -> Tensor:
-    """``g · act'(v)``: PyTorch's own derivative conventions (ReLU/ReLU6: 0 at the kinks)."""
+    """``g · act'(v)`` with PyTorch's own backward kernels (one pass; ReLU/ReLU6: 0 at the
+    kinks, as eager)."""
     if act == "silu":
-        s = torch.sigmoid(v)
-        return g * (s * (1.0 + v * (1.0 - s)))
+        return torch.ops.aten.silu_backward(g, v)
     if act == "relu6":
-        return g * ((v > 0.0) & (v < 6.0)).to(g.dtype)
+        return torch.ops.aten.hardtanh_backward(g, v, 0.0, 6.0)
     if act == "relu":
-        return g * (v > 0.0).to(g.dtype)
+        return torch.ops.aten.threshold_backward(g, v, 0.0)
     if act == "identity":
         return g
     raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
@@ -114,7 +140,9 @@ def _pre(x: Tensor, mean: Tensor | None, scale: Tensor | None, beta: Tensor | No
     ct = _ct(x)
     if mean is None:
         return x.to(ct)
-    return (x.to(ct) - _c4(mean.to(ct))) * _c4(scale.to(ct)) + _c4(beta.to(ct))
+    # x·scale + (beta − mean·scale): one pass, nn.BatchNorm2d's own CPU formula
+    scale = scale.to(ct)
+    return torch.addcmul(_c4(beta.to(ct) - mean.to(ct) * scale), x.to(ct), _c4(scale))
 
 
 def _prologue(x: Tensor, mean, scale, beta, act: str, gate: Tensor | None = None) -> Tensor:
@@ -124,9 +152,33 @@ def _prologue(x: Tensor, mean, scale, beta, act: str, gate: Tensor | None = None
     return y if gate is None else y * gate.to(y.dtype)[:, :, None, None]
 
 
-def _prologue_backward(x: Tensor, mean, scale, beta, act: str, gate, dy: Tensor, needs):
+def _use_kernel(backend: str, x: Tensor, dy: Tensor, mean) -> bool:
+    """Whether the BN-act backward runs the C++ kernel: "cpu" always (float32 CPU tensors, else
+    an error), "auto" where it applies, "torch" never."""
+    fits = mean is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
+        and dy.dtype == torch.float32
+    if backend == "cpu":
+        if not fits:
+            raise RuntimeError("training ops backend 'cpu': the C++ BN-act backward takes "
+                               f"float32 CPU tensors, got {x.dtype} on {x.device}")
+        return True
+    return backend == "auto" and fits and "cpu" in BACKENDS
+
+
+def _prologue_backward(x: Tensor, mean, scale, beta, act: str, gate, dy: Tensor, needs,
+                       backend: str = "torch"):
     """Gradients of ``_prologue`` for ``dy`` (compute dtype): (dx, dmean, dscale, dbeta,
-    dgate), each None unless ``needs`` (five bools) asks for it."""
+    dgate), each None unless ``needs`` (five bools) asks for it. ``backend`` "cpu" / "auto"
+    (float32 CPU): one pass of the C++ kernel effnet::bn_act_backward."""
+    if _use_kernel(backend, x, dy, mean):
+        dx, dscale, dbeta, dgate = torch.ops.effnet.bn_act_backward(
+            _nhwc(x), _nhwc(dy), mean.float(), scale.float(), beta.float(), act,
+            None if gate is None else gate.float())
+        return (dx if needs[0] else None,
+                (-dbeta * scale.float()).to(mean.dtype) if needs[1] else None,
+                dscale.to(scale.dtype) if needs[2] else None,
+                dbeta.to(beta.dtype) if needs[3] else None,
+                dgate.to(gate.dtype) if gate is not None and needs[4] else None)
     dgate = None
     v = _pre(x, mean, scale, beta)
     if gate is not None:
@@ -148,7 +200,7 @@ def _prologue_backward(x: Tensor, mean, scale, beta, act: str, gate, dy: Tensor,
 # ----------------------------------------------------------------------------- batch_stats
 @torch.library.custom_op(f"{_NS}::batch_stats", mutates_args=(), schema=SCHEMAS["batch_stats"])
 def _batch_stats(z: Tensor) -> tuple[Tensor, Tensor]:
-    var, mean = torch.var_mean(z.to(_ct(z)), dim=(0, 2, 3), correction=0)
+    var, mean = torch.var_mean(_rows(_nhwc(z)).to(_ct(z)), dim=0, correction=0)
     return mean, var
 
 
@@ -189,7 +241,7 @@ def batch_stats(z: Tensor) -> tuple[Tensor, Tensor]:
 
 # ----------------------------------------------------------------------------- bn_act
 @torch.library.custom_op(f"{_NS}::bn_act", mutates_args=(), schema=SCHEMAS["bn_act"])
-def _bn_act(z, mean, scale, beta, act, residual):
+def _bn_act(z, mean, scale, beta, act, residual, backend):
     y = apply_act(_pre(z, mean, scale, beta), act)
     if residual is not None:
         y = y + residual.to(y.dtype)
@@ -197,13 +249,13 @@ def _bn_act(z, mean, scale, beta, act, residual):
 
 
 @_bn_act.register_fake
-def _(z, mean, scale, beta, act, residual):
+def _(z, mean, scale, beta, act, residual, backend):
     return _empty_nhwc(z, z.shape)
 
 
 def _vec_setup(ctx, inputs, output):
     z, mean, scale, beta, act = inputs[:5]
-    ctx.act = act
+    ctx.act, ctx.backend = act, inputs[-1]
     ctx.save_for_backward(z, mean, scale, beta)
 
 
@@ -211,16 +263,16 @@ def _bn_act_backward(ctx, dy):
     z, mean, scale, beta = ctx.saved_tensors
     needs = (*ctx.needs_input_grad[:4], False)
     dx, dmean, dscale, dbeta, _ = _prologue_backward(z, mean, scale, beta, ctx.act, None,
-                                                     dy.to(_ct(z)), needs)
+                                                     dy.to(_ct(z)), needs, ctx.backend)
     dres = dy if ctx.needs_input_grad[5] else None
-    return dx, dmean, dscale, dbeta, None, dres
+    return (None if dx is None else dx.to(z.dtype)), dmean, dscale, dbeta, None, dres, None
 
 
 _bn_act.register_autograd(_bn_act_backward, setup_context=_vec_setup)
 
 
 def bn_act(z: Tensor, mean: Tensor, scale: Tensor, beta: Tensor, act: str = "silu",
-           residual: Tensor | None = None) -> Tensor:
+           residual: Tensor | None = None, backend: str = "auto") -> Tensor:
     """``act((z − mean)·scale + beta) [+ residual]`` in z's dtype, channels_last."""
     _check_vecs(z, (mean, scale, beta), "bn_act")
     _check_act(act, "bn_act")
@@ -229,17 +281,17 @@ def bn_act(z: Tensor, mean: Tensor, scale: Tensor, beta: Tensor, act: str = "sil
         raise ValueError(f"bn_act: residual must be a {z.dtype} tensor of shape "
                          f"{tuple(z.shape)}, got {_desc(residual)}")
     return _bn_act(_nhwc(z), mean, scale, beta, act,
-                   None if residual is None else _nhwc(residual))
+                   None if residual is None else _nhwc(residual), _check_backend(backend))
 
 
 # ----------------------------------------------------------------------------- bn_act_pool
 @torch.library.custom_op(f"{_NS}::bn_act_pool", mutates_args=(), schema=SCHEMAS["bn_act_pool"])
-def _bn_act_pool(z, mean, scale, beta, act):
+def _bn_act_pool(z, mean, scale, beta, act, backend):
     return apply_act(_pre(z, mean, scale, beta), act).mean(dim=(2, 3))
 
 
 @_bn_act_pool.register_fake
-def _(z, mean, scale, beta, act):
+def _(z, mean, scale, beta, act, backend):
     return z.new_empty(z.shape[:2], dtype=_ct(z))
 
 
@@ -249,21 +301,22 @@ def _bn_act_pool_backward(ctx, dpool):
     dy = (dpool.to(_ct(z)) / hw)[:, :, None, None].expand(z.shape)
     needs = (*ctx.needs_input_grad[:4], False)
     dx, dmean, dscale, dbeta, _ = _prologue_backward(z, mean, scale, beta, ctx.act, None, dy,
-                                                     needs)
-    return (None if dx is None else _as_nhwc_out(dx, z.dtype)), dmean, dscale, dbeta, None
+                                                     needs, ctx.backend)
+    return (None if dx is None else _as_nhwc_out(dx, z.dtype)), dmean, dscale, dbeta, None, \
+        None
 
 
 _bn_act_pool.register_autograd(_bn_act_pool_backward, setup_context=_vec_setup)
 
 
 def bn_act_pool(z: Tensor, mean: Tensor, scale: Tensor, beta: Tensor,
-                act: str = "silu") -> Tensor:
+                act: str = "silu", backend: str = "auto") -> Tensor:
     """The (N, C) float32 spatial mean of ``act((z − mean)·scale + beta)``."""
     _check_vecs(z, (mean, scale, beta), "bn_act_pool")
     _check_act(act, "bn_act_pool")
     if z.shape[2] * z.shape[3] == 0:
         raise ValueError(f"bn_act_pool: z has no pixels, shape {tuple(z.shape)}")
-    return _bn_act_pool(_nhwc(z), mean, scale, beta, act)
+    return _bn_act_pool(_nhwc(z), mean, scale, beta, act, _check_backend(backend))
 
 
 # ----------------------------------------------------------------------------- dwconv
@@ -275,13 +328,13 @@ def _dw_conv(xt: Tensor, w: Tensor, stride: int, padding: Sequence[int]) -> Tens
 
 
 @torch.library.custom_op(f"{_NS}::dwconv", mutates_args=(), schema=SCHEMAS["dwconv"])
-def _dwconv(x, weight, mean, scale, beta, act, stride, padding):
+def _dwconv(x, weight, mean, scale, beta, act, stride, padding, backend):
     xt = _prologue(x, mean, scale, beta, act).to(x.dtype)
     return _as_nhwc_out(_dw_conv(_nhwc(xt), weight.to(x.dtype), stride, padding), x.dtype)
 
 
 @_dwconv.register_fake
-def _(x, weight, mean, scale, beta, act, stride, padding):
+def _(x, weight, mean, scale, beta, act, stride, padding, backend):
     from .registry import dwconv_out_size
 
     N, C, H, W = x.shape
@@ -289,7 +342,7 @@ def _(x, weight, mean, scale, beta, act, stride, padding):
 
 
 def _dwconv_setup(ctx, inputs, output):
-    x, weight, mean, scale, beta, ctx.act, ctx.stride, ctx.padding = inputs
+    x, weight, mean, scale, beta, ctx.act, ctx.stride, ctx.padding, ctx.backend = inputs
     ctx.save_for_backward(x, weight, mean, scale, beta)
 
 
@@ -310,10 +363,11 @@ def _dwconv_backward(ctx, dz):
         if not sym:
             dxt = dxt[:, :, top:top + x.shape[2], left:left + x.shape[3]]
         dx, dmean, dscale, dbeta, _ = _prologue_backward(
-            x, mean, scale, beta, ctx.act, None, dxt.to(_ct(x)), (*need[:1], *need[2:5], False))
+            x, mean, scale, beta, ctx.act, None, dxt.to(_ct(x)), (*need[:1], *need[2:5], False),
+            ctx.backend)
         dx = None if dx is None else _as_nhwc_out(dx, x.dtype)
     return dx, (None if dw is None else dw.to(weight.dtype)), dmean, dscale, dbeta, None, None, \
-        None
+        None, None
 
 
 _dwconv.register_autograd(_dwconv_backward, setup_context=_dwconv_setup)
@@ -321,7 +375,7 @@ _dwconv.register_autograd(_dwconv_backward, setup_context=_dwconv_setup)
 
 def dwconv(x: Tensor, weight: Tensor, mean: Tensor | None = None, scale: Tensor | None = None,
            beta: Tensor | None = None, act: str = "identity", stride: int = 1,
-           padding: Sequence[int] = (1, 1, 1, 1)) -> Tensor:
+           padding: Sequence[int] = (1, 1, 1, 1), backend: str = "auto") -> Tensor:
     """Depthwise k×k conv (weight (C, 1, k, k), no bias) of ``act(BN(x))`` (or of x when
     ``mean`` is None), zero padding ``(left, right, top, bottom)``, stride 1 or 2; returns the
     conv output z (N, C, Ho, Wo) channels_last in x's dtype."""
@@ -341,17 +395,13 @@ def dwconv(x: Tensor, weight: Tensor, mean: Tensor | None = None, scale: Tensor 
         raise ValueError(f"{op}: input {tuple(x.shape[2:])} with padding {pads} is smaller than "
                          f"the {k}x{k} kernel")
     _check_prologue(x, mean, scale, beta, act, op)
-    return _dwconv(_nhwc(x), weight, mean, scale, beta, act, int(stride), pads)
+    return _dwconv(_nhwc(x), weight, mean, scale, beta, act, int(stride), pads,
+                   _check_backend(backend))
 
 
 # ----------------------------------------------------------------------------- pwconv
-def _rows(t: Tensor) -> Tensor:
-    """(N, C, H, W) channels_last → the (N·H·W, C) matrix view."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-
-
 @torch.library.custom_op(f"{_NS}::pwconv", mutates_args=(), schema=SCHEMAS["pwconv"])
-def _pwconv(x, weight, mean, scale, beta, act, gate):
+def _pwconv(x, weight, mean, scale, beta, act, gate, backend):
     xt = _nhwc(_prologue(x, mean, scale, beta, act, gate).to(x.dtype))
     N, _, H, W = x.shape
     z = _rows(xt) @ weight.reshape(weight.shape[0], -1).to(x.dtype).t()
@@ -359,13 +409,13 @@ def _pwconv(x, weight, mean, scale, beta, act, gate):
 
 
 @_pwconv.register_fake
-def _(x, weight, mean, scale, beta, act, gate):
+def _(x, weight, mean, scale, beta, act, gate, backend):
     N, _, H, W = x.shape
     return _empty_nhwc(x, (N, weight.shape[0], H, W))
 
 
 def _pwconv_setup(ctx, inputs, output):
-    x, weight, mean, scale, beta, ctx.act, gate = inputs
+    x, weight, mean, scale, beta, ctx.act, gate, ctx.backend = inputs
     ctx.save_for_backward(x, weight, mean, scale, beta, gate)
 
 
@@ -383,9 +433,10 @@ def _pwconv_backward(ctx, dz):
         N, _, H, W = x.shape
         dxt = (dzr @ w2).view(N, H, W, -1).permute(0, 3, 1, 2).to(_ct(x))
         dx, dmean, dscale, dbeta, dgate = _prologue_backward(
-            x, mean, scale, beta, ctx.act, gate, dxt, (need[0], *need[2:5], need[6]))
+            x, mean, scale, beta, ctx.act, gate, dxt, (need[0], *need[2:5], need[6]),
+            ctx.backend)
         dx = None if dx is None else _as_nhwc_out(dx, x.dtype)
-    return dx, dw, dmean, dscale, dbeta, None, dgate
+    return dx, dw, dmean, dscale, dbeta, None, dgate, None
 
 
 _pwconv.register_autograd(_pwconv_backward, setup_context=_pwconv_setup)
@@ -393,7 +444,7 @@ _pwconv.register_autograd(_pwconv_backward, setup_context=_pwconv_setup)
 
 def pwconv(x: Tensor, weight: Tensor, mean: Tensor | None = None, scale: Tensor | None = None,
            beta: Tensor | None = None, act: str = "identity",
-           gate: Tensor | None = None) -> Tensor:
+           gate: Tensor | None = None, backend: str = "auto") -> Tensor:
     """1×1 conv (weight (Cout, Cin) or (Cout, Cin, 1, 1), no bias) of ``act(BN(x))·gate`` (each
     part optional) as a GEMM; returns z (N, Cout, H, W) channels_last in x's dtype. The gated
     input is recomputed in backward, never stored."""
@@ -408,7 +459,7 @@ def pwconv(x: Tensor, weight: Tensor, mean: Tensor | None = None, scale: Tensor 
                              or not gate.is_floating_point() or gate.device != x.device):
         raise ValueError(f"{op}: gate must be a float ({x.shape[0]}, {C}) tensor on {x.device}, "
                          f"got {_desc(gate)}")
-    return _pwconv(_nhwc(x), weight, mean, scale, beta, act, gate)
+    return _pwconv(_nhwc(x), weight, mean, scale, beta, act, gate, _check_backend(backend))
 
 
 # ----------------------------------------------------------------------------- se_gate
@@ -467,6 +518,12 @@ def _desc(t) -> str:
     if isinstance(t, Tensor):
         return f"{t.dtype} tensor of shape {tuple(t.shape)} on {t.device}"
     return type(t).__name__
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in CHOICES:
+        raise ValueError(f"training ops: backend must be one of {CHOICES}, got {backend!r}")
+    return backend
 
 
 def _check_x(x, op: str) -> int:

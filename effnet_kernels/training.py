@@ -21,9 +21,11 @@ What runs, per MBConv block (``z`` conv outputs before their BN; ``BN·act`` app
     output   bn_act(z3, BN3, residual=x)           (drop_path(BN3(z3)) + x with stochastic depth)
 
 The stem conv and the classifier are PyTorch's ``F.conv2d`` / ``F.linear``; the head is
-``pwconv`` + ``bn_act_pool``. **Kernels: every op is an ATen composition today** (the
-``"torch"`` backend of the training ops; no fused training kernel is written yet) — the saving
-is in memory, not in kernel count.
+``pwconv`` + ``bn_act_pool``. **Kernels**: one fused kernel, the C++ CPU ``effnet::bn_act_backward``
+(the backward of BN + activation (+ the SE gate) in one pass, used by every op's backward for
+float32 CPU tensors with ``backend="auto"`` or ``"cpu"``); everything else — the convs, their
+backward, the forward BN-act, the statistics, the SE MLP — is an ATen composition (see
+``t.backends``). The saving is in memory first; no Triton or CUDA training kernel exists yet.
 
 BatchNorm (``bn``):
 
@@ -73,8 +75,9 @@ class _Pending:
     def __init__(self, z: Tensor, bn: tuple | None = None) -> None:
         self.z, self.bn = z, bn
 
-    def materialize(self) -> Tensor:
-        return self.z if self.bn is None else train_ops.bn_act(self.z, *self.bn)
+    def materialize(self, backend: str) -> Tensor:
+        return self.z if self.bn is None else train_ops.bn_act(self.z, *self.bn,
+                                                                backend=backend)
 
     def prologue(self) -> tuple:
         return (None, None, None, "identity") if self.bn is None else self.bn
@@ -84,17 +87,17 @@ class TrainableEfficientNet(nn.Module):
     """The trainable fused EfficientNet built by :func:`optimize_for_training` (module doc).
 
     Its children are the source's modules (``stem``, ``blocks``, ``head``, ``pool``, ``dropout``,
-    ``classifier``): parameters, buffers and state_dict keys are the source's. ``bn`` is the
-    BatchNorm mode, ``dtype`` the activation dtype (None: the parameters' or autocast's),
-    ``backends`` which implementation each training op runs.
+    ``classifier``): parameters, buffers and state_dict keys are the source's. ``bn_mode`` is
+    the BatchNorm mode, ``dtype`` the activation dtype (None: the parameters' or autocast's),
+    ``backend`` the training ops' backend and ``backends`` what runs each part.
     """
 
     def __init__(self, source: EfficientNet, bn: str, dtype: torch.dtype | None,
-                 backends: dict[str, str]) -> None:
+                 backend: str = "auto") -> None:
         super().__init__()
         for name, child in source.named_children():
             self.add_module(name, child)
-        self.bn_mode, self.dtype, self.backends = bn, dtype, dict(backends)
+        self.bn_mode, self.dtype, self.backend = bn, dtype, backend
         self.name = source.config.name
         self.train(source.training)
 
@@ -158,38 +161,43 @@ class TrainableEfficientNet(nn.Module):
         return cur
 
     def _block(self, blk: MBConv, cur: _Pending, dt: torch.dtype) -> _Pending:
+        be = self.backend
         if blk.expand is not None:
-            z1 = train_ops.pwconv(cur.z, self._w(blk.expand.conv, dt), *cur.prologue())
+            z1 = train_ops.pwconv(cur.z, self._w(blk.expand.conv, dt), *cur.prologue(),
+                                  backend=be)
             src = _Pending(z1, self._bn(blk.expand.bn, z1, _ACT_OF[blk.expand.act_name]))
         else:
             src = cur
         dw = blk.dw
         z2 = train_ops.dwconv(src.z, self._w(dw.conv, dt), *src.prologue(), dw.stride,
-                              dw.pad_for(src.z.shape[-2], src.z.shape[-1]))
+                              dw.pad_for(src.z.shape[-2], src.z.shape[-1]), backend=be)
         bn2 = self._bn(dw.bn, z2, _ACT_OF[dw.act_name])
         gate = None
         if blk.se is not None:
             se = blk.se
-            pool = train_ops.bn_act_pool(z2, *bn2)
+            pool = train_ops.bn_act_pool(z2, *bn2, backend=be)
             gate = train_ops.se_gate(pool, se.fc1.weight, se.fc1.bias, se.fc2.weight,
                                      se.fc2.bias)
-        z3 = train_ops.pwconv(z2, self._w(blk.project.conv, dt), *bn2, gate)
+        z3 = train_ops.pwconv(z2, self._w(blk.project.conv, dt), *bn2, gate, backend=be)
         bn3 = self._bn(blk.project.bn, z3, _ACT_OF[blk.project.act_name])
         if not blk.use_residual:
             return _Pending(z3, bn3)
-        x = cur.materialize()
+        x = cur.materialize(be)
         if self.training and blk.drop_path_rate > 0.0:
-            out = drop_path(train_ops.bn_act(z3, *bn3), blk.drop_path_rate, True) + x
+            out = drop_path(train_ops.bn_act(z3, *bn3, backend=be), blk.drop_path_rate,
+                            True) + x
         else:
-            out = train_ops.bn_act(z3, *bn3, residual=x)
+            out = train_ops.bn_act(z3, *bn3, residual=x, backend=be)
         return _Pending(out)
 
     def forward_head(self, cur: _Pending) -> Tensor:
         """The head conv + BN + act + global pool: the float32 (N, C_head) embedding."""
         dt = cur.z.dtype
         head = self.head
-        zh = train_ops.pwconv(cur.z, self._w(head.conv, dt), *cur.prologue())
-        return train_ops.bn_act_pool(zh, *self._bn(head.bn, zh, _ACT_OF[head.act_name]))
+        be = self.backend
+        zh = train_ops.pwconv(cur.z, self._w(head.conv, dt), *cur.prologue(), backend=be)
+        return train_ops.bn_act_pool(zh, *self._bn(head.bn, zh, _ACT_OF[head.act_name]),
+                                     backend=be)
 
     def forward(self, x: Tensor) -> Tensor:
         cur = self.forward_features(x)
@@ -202,7 +210,18 @@ class TrainableEfficientNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, bn={self.bn_mode!r}, dtype={self.dtype}, "
-                f"backends={self.backends}")
+                f"backend={self.backend!r}")
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """What runs each part of a step on the parameters' device now (float32 there)."""
+        dev = self.stem.conv.weight.device.type
+        kernel = self.backend == "cpu" or (self.backend == "auto" and dev == "cpu"
+                                           and "cpu" in train_ops.BACKENDS)
+        return {"bn_act_backward": "cpu (C++ kernel effnet::bn_act_backward, float32)" if kernel
+                else "torch (ATen ops)",
+                "convs": "torch (F.conv2d, aten.convolution_backward, matmul)",
+                "bn_act / bn_act_pool / batch_stats / se_gate forward": "torch (ATen ops)"}
 
 
 @torch.no_grad()
@@ -273,9 +292,10 @@ def optimize_for_training(model: nn.Module, bn: str = "batch", backend: str = "a
             or "same" padding). Its parameters and buffers are shared, not copied.
         bn: ``"batch"`` (train-mode BatchNorm, running statistics updated) or ``"frozen"``
             (fixed affine; sets ``requires_grad=False`` on the BN weights and biases).
-        backend: ``"auto"`` or ``"torch"`` — the training ops' implementations (ATen
-            compositions, any device). The fused-kernel backends ("cpu", "cuda", "triton") have
-            no training kernels yet and raise ``RuntimeError``.
+        backend: ``"auto"`` (the C++ BN-act backward kernel for float32 CPU tensors, ATen
+            otherwise), ``"cpu"`` (that kernel; other dtypes / devices raise), ``"torch"``
+            (ATen compositions only, any device). "cuda" and "triton" have no training kernels
+            yet and raise ``RuntimeError``.
         dtype: activation dtype (float32, bfloat16, float16); None: the parameters' dtype, or
             the autocast dtype under ``torch.autocast``.
 
@@ -296,13 +316,16 @@ def optimize_for_training(model: nn.Module, bn: str = "batch", backend: str = "a
         raise ValueError(f"backend must be one of {CHOICES}, got {backend!r}")
     if backend not in ("auto", *train_ops.BACKENDS):
         raise RuntimeError(f"backend {backend!r}: the training ops have no {backend!r} kernels "
-                           f"yet; available: {train_ops.BACKENDS} (ATen compositions) or 'auto'")
+                           f"yet; available here: {train_ops.CHOICES}")
     src = _check_source(model)
+    device = src.stem.conv.weight.device
+    if backend == "cpu" and device.type != "cpu":
+        raise RuntimeError(f"backend 'cpu' runs the C++ training kernel on CPU tensors; the model "
+                           f"is on {device} (use 'auto' or 'torch')")
     if bn == "frozen":
         for m in src.modules():
             if isinstance(m, nn.BatchNorm2d):
                 for p in (m.weight, m.bias):
                     if p is not None:
                         p.requires_grad_(False)
-    backends = {op: "torch" for op in train_ops.SCHEMAS}
-    return TrainableEfficientNet(src, bn, dtype, backends)
+    return TrainableEfficientNet(src, bn, dtype, backend)

@@ -124,22 +124,79 @@ def test_opcheck():
         g = torch.rand(n, C, requires_grad=True)
         wd = torch.randn(C, 1, 3, 3, requires_grad=True)
         wp = torch.randn(19, C, requires_grad=True)
-        cases = [(ops.bn_act.default, (x, m, s, b, "silu", None)),
-                 (ops.bn_act.default, (x, m, s, b, "relu6", x.detach().clone())),
-                 (ops.bn_act_pool.default, (x, m, s, b, "silu")),
+        cases = [(ops.bn_act.default, (x, m, s, b, "silu", None, "auto")),
+                 (ops.bn_act.default, (x, m, s, b, "relu6", x.detach().clone(), "torch")),
+                 (ops.bn_act_pool.default, (x, m, s, b, "silu", "auto")),
                  (ops.dwconv.default, (x, wd, m, s, b, "silu", 2,
-                                       [0, 1, 0, 1] if h > 1 else [1] * 4)),
-                 (ops.dwconv.default, (x, wd, None, None, None, "identity", 1, [1, 1, 1, 1])),
-                 (ops.pwconv.default, (x, wp, m, s, b, "silu", g)),
-                 (ops.pwconv.default, (x, wp, None, None, None, "identity", None)),
+                                       [0, 1, 0, 1] if h > 1 else [1] * 4, "auto")),
+                 (ops.dwconv.default, (x, wd, None, None, None, "identity", 1, [1, 1, 1, 1],
+                                       "torch")),
+                 (ops.pwconv.default, (x, wp, m, s, b, "silu", g, "auto")),
+                 (ops.pwconv.default, (x, wp, None, None, None, "identity", None, "auto")),
                  (ops.se_gate.default, (g, torch.randn(5, C, requires_grad=True),
                                         torch.randn(5, requires_grad=True),
                                         torch.randn(C, 5, requires_grad=True),
                                         torch.randn(C, requires_grad=True)))]
+        if "cpu" in T.BACKENDS:
+            dy = torch.randn(n, C, h, w).contiguous(memory_format=CL)
+            cases += [(torch.ops.effnet.bn_act_backward.default,
+                       (x.detach(), dy, m.detach(), s.detach(), b.detach(), act, gate))
+                      for act, gate in (("silu", g.detach()), ("relu6", None))]
         if n * h * w > 1:
             cases.append((ops.batch_stats.default, (x,)))
         for op, args in cases:
             torch.library.opcheck(op, args)
+
+
+needs_kernel = pytest.mark.skipif("cpu" not in T.BACKENDS,
+                                  reason="effnet::bn_act_backward (C++) not built")
+
+
+@needs_kernel
+@pytest.mark.parametrize("act", ["silu", "relu6", "relu", "identity"])
+@pytest.mark.parametrize("n,h,w", [(1, 1, 1), (3, 13, 11), (2, 30, 30)])
+@pytest.mark.parametrize("with_gate", [False, True])
+def test_bn_act_backward_kernel(n, h, w, act, with_gate):
+    """The C++ BN-act backward (float32) against the ATen composition in float64: dx, dmean,
+    dscale, dbeta, dgate; C = 37 (a vector tail) and 96, odd sizes, 2 and 30×30 (several
+    256-row blocks and tasks per image)."""
+    c = 96 if h == 30 else C
+    x = (torch.randn(n, c, h, w) * 3).contiguous(memory_format=CL)
+    dy = torch.randn(n, c, h, w).contiguous(memory_format=CL)
+    m, s, b = torch.randn(c), torch.rand(c) + 0.5, torch.randn(c)
+    gate = torch.rand(n, c) if with_gate else None
+    got = T._prologue_backward(x, m, s, b, act, gate, dy, (True,) * 5, "cpu")
+    want = T._prologue_backward(*(t.double() for t in (x, m, s, b)), act,
+                                None if gate is None else gate.double(), dy.double(),
+                                (True,) * 5, "torch")
+    for i, (u, v) in enumerate(zip(got, want)):
+        assert (u is None) == (v is None), i
+        if u is not None:
+            assert u.dtype == torch.float32
+            assert ((u.double() - v).norm() / v.norm()).item() < 1e-5, i
+    assert got[0].is_contiguous(memory_format=CL)
+
+
+@needs_kernel
+def test_backends_agree():
+    """The same model step on backend "cpu" (the kernel) and "torch" (ATen only)."""
+    x = torch.randn(3, C, 13, 11).contiguous(memory_format=CL).requires_grad_()
+    m, s, b = (torch.rand(C).requires_grad_() for _ in range(3))
+    g = torch.rand(3, C, requires_grad=True)
+    wd, wp = torch.randn(C, 1, 3, 3, requires_grad=True), torch.randn(19, C, requires_grad=True)
+    grads = []
+    for be in ("cpu", "torch"):
+        z = T.dwconv(x, wd, m, s, b, "silu", 2, (0, 1, 0, 1), backend=be)
+        mean, var = T.batch_stats(z)
+        sc = torch.rsqrt(var + 1e-5)
+        out = T.pwconv(z, wp, mean, sc, b, "relu6", g, backend=be).sum() \
+            + T.bn_act_pool(z, mean, sc, b, "silu", backend=be).sum() \
+            + T.bn_act(z, mean, sc, b, "identity", backend=be).square().sum()
+        grads.append(torch.autograd.grad(out, (x, m, s, b, g, wd, wp)))
+    for u, v in zip(*grads):  # float32, two summation orders: ‖Δ‖ / ‖g‖
+        assert ((u - v).norm() / v.norm()).item() < 1e-5
+    with pytest.raises(RuntimeError, match="float32 CPU tensors"):
+        T.bn_act(x.double(), m.double(), s.double(), b.double(), backend="cpu").sum().backward()
 
 
 def _saved(fn):
@@ -192,3 +249,5 @@ def test_errors():
         T.pwconv(x, torch.randn(4, C), gate=torch.rand(3, C))
     with pytest.raises(ValueError, match="x must be a 4-D"):
         T.pwconv(torch.randn(C, 5), torch.randn(4, C))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        T.bn_act(x, v, v, v, backend="cuda")
