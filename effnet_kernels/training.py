@@ -52,6 +52,8 @@ does under DDP); ``nn.SyncBatchNorm`` — statistics across ranks — is not sup
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -86,20 +88,33 @@ class _Pending:
 class TrainableEfficientNet(nn.Module):
     """The trainable fused EfficientNet built by :func:`optimize_for_training` (module doc).
 
-    Its children are the source's modules (``stem``, ``blocks``, ``head``, ``pool``, ``dropout``,
-    ``classifier``): parameters, buffers and state_dict keys are the source's. ``bn_mode`` is
+    Its children are the source's modules, under the source's names (an effnet_kernels model:
+    ``stem``, ``blocks``, ``head``, ``pool``, ``dropout``, ``classifier``; a torchvision one:
+    ``features``, ``avgpool``, ``classifier``; ...): parameters, buffers and state_dict keys are
+    the source's. ``bn_mode`` is
     the BatchNorm mode, ``dtype`` the activation dtype (None: the parameters' or autocast's),
     ``backend`` the training ops' backend and ``backends`` what runs each part.
     """
 
-    def __init__(self, source: EfficientNet, bn: str, dtype: torch.dtype | None,
-                 backend: str = "auto") -> None:
+    def __init__(self, source: nn.Module, plan: EfficientNet, bn: str,
+                 dtype: torch.dtype | None, backend: str = "auto") -> None:
         super().__init__()
-        for name, child in source.named_children():
+        for name, child in source.named_children():  # the source's modules, under its names
             self.add_module(name, child)
+        # The effnet_kernels structure the forward walks: the source itself, or for a
+        # torchvision / timm / efficientnet_pytorch source an EfficientNet whose parameters and
+        # buffers are the source's tensors (``_alias``); not a submodule (no second copy of the
+        # keys), re-aliased after device / dtype moves.
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_aliases", _alias_pairs(source, plan))
         self.bn_mode, self.dtype, self.backend = bn, dtype, backend
-        self.name = source.config.name
+        self.name = plan.config.name
         self.train(source.training)
+
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        _alias(self._aliases)  # moved buffers are new tensors in the source's modules
+        return out
 
     # -- BatchNorm
     def _bn(self, bn: nn.BatchNorm2d, z: Tensor, act: str) -> tuple:
@@ -127,26 +142,26 @@ class TrainableEfficientNet(nn.Module):
             return self.dtype
         if torch.is_autocast_enabled(x.device.type):
             return torch.get_autocast_dtype(x.device.type)
-        return self.stem.conv.weight.dtype
+        return self._plan.stem.conv.weight.dtype
 
     def _check_input(self, x) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != self.stem.conv.in_channels:
-            raise ValueError(f"input must be (N, {self.stem.conv.in_channels}, H, W), got shape "
+        if x.dim() != 4 or x.shape[1] != self._plan.stem.conv.in_channels:
+            raise ValueError(f"input must be (N, {self._plan.stem.conv.in_channels}, H, W), got shape "
                              f"{tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
-        if x.device != self.stem.conv.weight.device:
+        if x.device != self._plan.stem.conv.weight.device:
             raise RuntimeError(f"input is on {x.device} but the model is on "
-                               f"{self.stem.conv.weight.device}")
+                               f"{self._plan.stem.conv.weight.device}")
 
     def forward_features(self, x: Tensor) -> _Pending:
         """Stem and blocks: the last block's output (pending its BN, see ``_Pending``)."""
         self._check_input(x)
         dt = self._compute_dtype(x)
         x = x.to(dt, memory_format=CL)
-        stem = self.stem
+        stem = self._plan.stem
         left, right, top, bottom = stem.pad_for(x.shape[-2], x.shape[-1])
         if left == right and top == bottom:
             z = F.conv2d(x, self._w(stem.conv, dt), None, stem.stride, (top, left))
@@ -155,7 +170,7 @@ class TrainableEfficientNet(nn.Module):
                          stem.stride)
         cur = _Pending(z.contiguous(memory_format=CL),
                        self._bn(stem.bn, z, _ACT_OF[stem.act_name]))
-        for stage in self.blocks:
+        for stage in self._plan.blocks:
             for blk in stage:
                 cur = self._block(blk, cur, dt)
         return cur
@@ -193,7 +208,7 @@ class TrainableEfficientNet(nn.Module):
     def forward_head(self, cur: _Pending) -> Tensor:
         """The head conv + BN + act + global pool: the float32 (N, C_head) embedding."""
         dt = cur.z.dtype
-        head = self.head
+        head = self._plan.head
         be = self.backend
         zh = train_ops.pwconv(cur.z, self._w(head.conv, dt), *cur.prologue(), backend=be)
         return train_ops.bn_act_pool(zh, *self._bn(head.bn, zh, _ACT_OF[head.act_name]),
@@ -202,11 +217,12 @@ class TrainableEfficientNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         cur = self.forward_features(x)
         dt = cur.z.dtype
-        pooled = self.dropout(self.forward_head(cur).to(dt))
-        if isinstance(self.classifier, nn.Linear):
-            c = self.classifier
+        plan = self._plan
+        pooled = F.dropout(self.forward_head(cur).to(dt), plan.dropout.p, self.training)
+        if isinstance(plan.classifier, nn.Linear):
+            c = plan.classifier
             return F.linear(pooled, c.weight.to(dt), None if c.bias is None else c.bias.to(dt))
-        return self.classifier(pooled)
+        return plan.classifier(pooled)
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, bn={self.bn_mode!r}, dtype={self.dtype}, "
@@ -215,7 +231,7 @@ class TrainableEfficientNet(nn.Module):
     @property
     def backends(self) -> dict[str, str]:
         """What runs each part of a step on the parameters' device now (float32 there)."""
-        dev = self.stem.conv.weight.device.type
+        dev = self._plan.stem.conv.weight.device.type
         kernel = self.backend == "cpu" or (self.backend == "auto" and dev == "cpu"
                                            and "cpu" in train_ops.BACKENDS)
         return {"bn_act_backward": "cpu (C++ kernel effnet::bn_act_backward, float32)" if kernel
@@ -240,8 +256,52 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: 
 
 
 # ----------------------------------------------------------------------------- building
-def _check_source(model: nn.Module) -> EfficientNet:
-    """The effnet_kernels EfficientNet to train over (never a copy); clear errors otherwise."""
+def _alias_pairs(source: nn.Module, plan: EfficientNet) -> list[tuple[nn.Module, nn.Module]]:
+    """(plan module, source module) pairs whose tensors are shared (none when plan is source)."""
+    if plan is source:
+        return []
+    layout = _foreign_layout(source)[1]
+    return [(plan.get_submodule(d), source.get_submodule(s)) for d, s in layout(plan)]
+
+
+def _alias(pairs) -> None:
+    """Make each plan module's parameters and buffers the source module's own tensor objects."""
+    for dst, src in pairs:
+        for name in dst._parameters:
+            dst._parameters[name] = src._parameters[name]
+        for name in dst._buffers:
+            if src._buffers.get(name) is not None:
+                dst._buffers[name] = src._buffers[name]
+
+
+def _foreign_layout(model: nn.Module):
+    """(converter, key layout, per-block stochastic-depth rates, classifier dropout) of a
+    torchvision / timm / efficientnet_pytorch EfficientNet, or None."""
+    from . import convert
+
+    tv = sys.modules.get("torchvision.models.efficientnet")
+    if tv is not None and isinstance(model, tv.EfficientNet):
+        rates = [m.stochastic_depth.p for m in model.modules() if isinstance(m, tv.MBConv)]
+        drop = next((m.p for m in model.classifier.modules() if isinstance(m, nn.Dropout)), 0.0)
+        return convert.from_torchvision, convert._torchvision_layout, rates, drop
+    tm = sys.modules.get("timm.models.efficientnet")
+    if tm is not None and isinstance(model, tm.EfficientNet):
+        rates = [float(getattr(getattr(b, "drop_path", None), "drop_prob", 0.0) or 0.0)
+                 for stage in model.blocks for b in stage]
+        return convert.from_timm, convert._timm_layout, rates, float(model.drop_rate)
+    if hasattr(model, "_blocks") and hasattr(model, "_conv_stem"):  # lukemelas
+        gp = model._global_params
+        n = len(model._blocks)
+        rate = float(gp.drop_connect_rate or 0.0)
+        return (convert.from_efficientnet_pytorch, convert._lukemelas_layout,
+                [rate * i / n for i in range(n)], float(gp.dropout_rate or 0.0))
+    return None
+
+
+def _plan_for(model: nn.Module) -> EfficientNet:
+    """The effnet_kernels structure to run ``model`` with: the model itself, or an alias of a
+    torchvision / timm / efficientnet_pytorch model over its own tensors."""
+    from .features import is_backbone
     from .optimize import FusedEfficientNet
 
     if isinstance(model, FusedEfficientNet):
@@ -250,13 +310,35 @@ def _check_source(model: nn.Module) -> EfficientNet:
                         "ek.optimize_for_training instead")
     if isinstance(model, TrainableEfficientNet):
         raise TypeError("model is already a TrainableEfficientNet")
-    if not isinstance(model, EfficientNet):
+    if isinstance(model, EfficientNet):
+        return model
+    if is_backbone(model):
+        raise TypeError("feature backbones (features_only) are not supported by "
+                        "ek.optimize_for_training yet; pass the classification model (its "
+                        "num_classes=0 embedding model is supported)")
+    foreign = _foreign_layout(model) if isinstance(model, nn.Module) else None
+    if foreign is None:
         raise TypeError(
             f"ek.optimize_for_training does not know {type(model).__module__}."
-            f"{type(model).__qualname__}: it trains over the source's own parameters, so it "
-            "needs an effnet_kernels EfficientNet (ek.create_model / ek.efficientnet_b0 ...; "
-            "ek.from_torchvision / from_timm / from_efficientnet_pytorch give one with the same "
-            "weights, as a copy)")
+            f"{type(model).__qualname__}; expected an effnet_kernels EfficientNet, "
+            "torchvision.models.EfficientNet, timm.models.EfficientNet or an "
+            "efficientnet_pytorch EfficientNet")
+    converter, _, rates, drop = foreign
+    plan = converter(model)  # the structure (and, for now, copies of the tensors)
+    blocks = [b for stage in plan.blocks for b in stage]
+    if len(rates) != len(blocks):
+        raise ValueError(f"source has {len(rates)} blocks with stochastic depth, the converted "
+                         f"model {len(blocks)}")
+    for b, r in zip(blocks, rates):
+        b.drop_path_rate = r
+    plan.dropout.p = drop
+    _alias(_alias_pairs(model, plan))  # now the source's own tensors
+    return plan
+
+
+def _check_source(model: EfficientNet) -> EfficientNet:
+    """The layers of the effnet_kernels structure ``model``; clear errors otherwise."""
+
     for name, m in model.named_modules():
         if isinstance(m, nn.SyncBatchNorm):
             raise ValueError(f"{name} is an nn.SyncBatchNorm: cross-rank BatchNorm statistics "
@@ -288,8 +370,11 @@ def optimize_for_training(model: nn.Module, bn: str = "batch", backend: str = "a
     """A trainable, memory-efficient fused model over ``model``'s own parameters (module doc).
 
     Args:
-        model: an effnet_kernels EfficientNet (B0–B7, Lite0–4, any ``num_classes``, symmetric
-            or "same" padding). Its parameters and buffers are shared, not copied.
+        model: an effnet_kernels EfficientNet (B0–B7, Lite0–4, any ``num_classes`` incl. 0,
+            symmetric or "same" padding), or a torchvision / timm / efficientnet_pytorch
+            EfficientNet (the structure is read through :mod:`effnet_kernels.convert`, then every
+            parameter and buffer is the source's own tensor; its stochastic-depth rates and
+            dropout are the source's). Its parameters and buffers are shared, not copied.
         bn: ``"batch"`` (train-mode BatchNorm, running statistics updated) or ``"frozen"``
             (fixed affine; sets ``requires_grad=False`` on the BN weights and biases).
         backend: ``"auto"`` (the C++ BN-act backward kernel for float32 CPU tensors, ATen
@@ -317,15 +402,15 @@ def optimize_for_training(model: nn.Module, bn: str = "batch", backend: str = "a
     if backend not in ("auto", *train_ops.BACKENDS):
         raise RuntimeError(f"backend {backend!r}: the training ops have no {backend!r} kernels "
                            f"yet; available here: {train_ops.CHOICES}")
-    src = _check_source(model)
-    device = src.stem.conv.weight.device
+    plan = _check_source(_plan_for(model))
+    device = plan.stem.conv.weight.device
     if backend == "cpu" and device.type != "cpu":
         raise RuntimeError(f"backend 'cpu' runs the C++ training kernel on CPU tensors; the model "
                            f"is on {device} (use 'auto' or 'torch')")
     if bn == "frozen":
-        for m in src.modules():
+        for m in plan.modules():
             if isinstance(m, nn.BatchNorm2d):
                 for p in (m.weight, m.bias):
                     if p is not None:
                         p.requires_grad_(False)
-    return TrainableEfficientNet(src, bn, dtype, backend)
+    return TrainableEfficientNet(model, plan, bn, dtype, backend)

@@ -135,6 +135,33 @@ def test_shares_the_source():
     t.load_state_dict(src2.state_dict())
 
 
+def test_torchvision_source():
+    """A torchvision B0 trains over its own tensors: its state_dict keys, its Parameter objects,
+    a step equal to its own eager step (its stochastic depth rates, same draws), and after a
+    move (.to) the buffers are still shared."""
+    tvm = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    # float64: with stochastic depth on, the comparison is of the same function (fp32 rounding
+    # is ~2e-4 of a dropped block's small gradients here)
+    eager = randomize_bn(tvm.efficientnet_b0(num_classes=10)).train().double()
+    src = copy.deepcopy(eager)
+    ours = ek.optimize_for_training(src)
+    assert list(ours.state_dict()) == list(src.state_dict())
+    assert [id(p) for p in ours.parameters()] == [id(p) for p in src.parameters()]
+    x, target = torch.randn(3, 3, 40, 45, dtype=torch.float64), torch.randint(0, 10, (3,))
+    torch.manual_seed(3)
+    out_e = step(eager, x, target)
+    torch.manual_seed(3)
+    out_o = step(ours, x, target)
+    torch.testing.assert_close(out_o, out_e, rtol=1e-9, atol=1e-9)
+    assert_grads_equal(eager, src, 1e-9)
+    assert_buffers_equal(eager, src, 1e-9)
+    ours.to(torch.float32)
+    with torch.no_grad():
+        ours(x.float())
+    assert src.features[0][1].num_batches_tracked.item() == 2  # the source's, after the move
+
+
 def test_eval_uses_running_stats():
     eager, src = pair("efficientnet_b0")
     ours = ek.optimize_for_training(src, bn="batch").eval()
