@@ -162,6 +162,26 @@ def test_torchvision_source():
     assert src.features[0][1].num_batches_tracked.item() == 2  # the source's, after the move
 
 
+def test_timm_source():
+    """A timm tf_efficientnet_lite0 (TF "same" padding, ReLU6, BatchNormAct2d) with stochastic
+    depth and dropout: its keys, and a step equal to its own (float64)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    eager = randomize_bn(timm.create_model("tf_efficientnet_lite0", num_classes=4, drop_rate=0.2,
+                                           drop_path_rate=0.3)).train().double()
+    src = copy.deepcopy(eager)
+    ours = ek.optimize_for_training(src)
+    assert list(ours.state_dict()) == list(src.state_dict())
+    x, target = torch.randn(2, 3, 41, 36, dtype=torch.float64), torch.tensor([1, 3])
+    torch.manual_seed(4)
+    out_e = step(eager, x, target)
+    torch.manual_seed(4)
+    out_o = step(ours, x, target)
+    torch.testing.assert_close(out_o, out_e, rtol=1e-9, atol=1e-9)
+    assert_grads_equal(eager, src, 1e-9)
+    assert_buffers_equal(eager, src, 1e-9)
+
+
 def test_eval_uses_running_stats():
     eager, src = pair("efficientnet_b0")
     ours = ek.optimize_for_training(src, bn="batch").eval()
