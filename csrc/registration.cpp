@@ -58,6 +58,8 @@ TORCH_LIBRARY(effnet, m) {
   m.def(
       "bn_act_backward(Tensor x, Tensor dy, Tensor mean, Tensor scale, Tensor beta, str act, "
       "Tensor? gate) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Training: per-channel (mean, biased variance) of a channels_last float32 z over (N, H, W).
+  m.def("batch_stats(Tensor z) -> (Tensor, Tensor)");
 }
 
 namespace effnet {

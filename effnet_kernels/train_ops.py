@@ -13,6 +13,8 @@ statistics, ``mean``/``scale``/``beta`` and the SE pool and gate are float32 (fl
 float64 input); 4-D tensors channels_last):
 
 * ``batch_stats(z) -> (mean, var)``: per-channel mean and biased variance over (N, H, W).
+
+Every op except ``se_gate`` also takes ``backend`` ("auto", "cpu", "torch"; see ``BACKENDS``).
 * ``bn_act(z, mean, scale, beta, act, residual?) -> y``: ``act((z − mean)·scale + beta)
   [+ residual]`` (a block's output: projection BN + residual; the stem when it is needed).
 * ``bn_act_pool(z, mean, scale, beta, act) -> pool``: the (N, C) spatial mean of the same
@@ -28,10 +30,12 @@ float64 input); 4-D tensors channels_last):
 and the gated input. BatchNorm in training mode is then the composition ``batch_stats`` →
 ``scale = γ/√(var + ε)`` → prologue, whose autograd gradient is BatchNorm's.
 
-**Implementation status: every forward and backward here is an ATen composition** (F.conv2d,
-``aten.convolution_backward``, matmul, elementwise ops) — the memory saving is real, the
-kernels are not fused yet: each op runs a few ATen kernels. This is the ``"torch"`` backend of
-the training ops; fused CPU / Triton / CUDA backward kernels would register further backends.
+**Implementation status.** Two fused C++ CPU kernels (backend ``"cpu"``, and ``"auto"`` on
+float32 CPU tensors): ``effnet::bn_act_backward`` — the backward of the BN-act prologue (+ the
+SE gate) of every op in one pass — and ``effnet::batch_stats``. Everything else is an ATen
+composition (F.conv2d, ``aten.convolution_backward``, matmul, elementwise ops): the convs and
+their backward, the forward prologue, the SE MLP; backend ``"torch"`` is ATen only. No Triton
+or CUDA training kernels yet.
 """
 
 from __future__ import annotations
@@ -50,11 +54,12 @@ __all__ = ["SCHEMAS", "BACKENDS", "batch_stats", "bn_act", "bn_act_pool", "dwcon
 def _has_cpu_kernel() -> bool:
     from . import registry
 
-    return registry._has_cpp_kernel("bn_act_backward", "CPU")
+    return all(registry._has_cpp_kernel(op, "CPU") for op in ("bn_act_backward", "batch_stats"))
 
 
 # Backends of the training ops: "torch" = the ATen compositions below; "cpu" = the same with the
-# fused C++ kernel effnet::bn_act_backward for the BN-act backward (float32 CPU tensors).
+# C++ kernels effnet::bn_act_backward (the BN-act backward) and effnet::batch_stats (float32 CPU
+# tensors).
 BACKENDS = ("cpu", "torch") if _has_cpu_kernel() else ("torch",)
 CHOICES = ("auto", *BACKENDS)
 
@@ -65,9 +70,13 @@ if "cpu" in BACKENDS:
         dgate = x.new_empty((x.shape[0], c) if gate is not None else (0, 0))
         return _empty_nhwc(x, x.shape), x.new_empty((c,)), x.new_empty((c,)), dgate
 
+    @torch.library.register_fake("effnet::batch_stats")
+    def _(z):
+        return z.new_empty((z.shape[1],)), z.new_empty((z.shape[1],))
+
 _NS = "effnet_train"
 SCHEMAS = {
-    "batch_stats": "(Tensor z) -> (Tensor, Tensor)",
+    "batch_stats": "(Tensor z, str backend) -> (Tensor, Tensor)",
     "bn_act": "(Tensor z, Tensor mean, Tensor scale, Tensor beta, str act, Tensor? residual, "
               "str backend) -> Tensor",
     "bn_act_pool": "(Tensor z, Tensor mean, Tensor scale, Tensor beta, str act, str backend) "
@@ -152,15 +161,15 @@ def _prologue(x: Tensor, mean, scale, beta, act: str, gate: Tensor | None = None
     return y if gate is None else y * gate.to(y.dtype)[:, :, None, None]
 
 
-def _use_kernel(backend: str, x: Tensor, dy: Tensor, mean) -> bool:
-    """Whether the BN-act backward runs the C++ kernel: "cpu" always (float32 CPU tensors, else
-    an error), "auto" where it applies, "torch" never."""
+def _use_kernel(backend: str, x: Tensor, dy: Tensor | None = None, mean=0) -> bool:
+    """Whether the C++ kernels run: "cpu" always (float32 CPU tensors, else an error), "auto"
+    where they apply, "torch" never."""
     fits = mean is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
-        and dy.dtype == torch.float32
+        and (dy is None or dy.dtype == torch.float32)
     if backend == "cpu":
         if not fits:
-            raise RuntimeError("training ops backend 'cpu': the C++ BN-act backward takes "
-                               f"float32 CPU tensors, got {x.dtype} on {x.device}")
+            raise RuntimeError("training ops backend 'cpu': the C++ kernels take float32 CPU "
+                               f"tensors, got {x.dtype} on {x.device}")
         return True
     return backend == "auto" and fits and "cpu" in BACKENDS
 
@@ -199,13 +208,15 @@ def _prologue_backward(x: Tensor, mean, scale, beta, act: str, gate, dy: Tensor,
 
 # ----------------------------------------------------------------------------- batch_stats
 @torch.library.custom_op(f"{_NS}::batch_stats", mutates_args=(), schema=SCHEMAS["batch_stats"])
-def _batch_stats(z: Tensor) -> tuple[Tensor, Tensor]:
+def _batch_stats(z: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    if _use_kernel(backend, z):
+        return torch.ops.effnet.batch_stats(_nhwc(z))
     var, mean = torch.var_mean(_rows(_nhwc(z)).to(_ct(z)), dim=0, correction=0)
     return mean, var
 
 
 @_batch_stats.register_fake
-def _(z):
+def _(z, backend):
     c = z.shape[1]
     return z.new_empty((c,), dtype=_ct(z)), z.new_empty((c,), dtype=_ct(z))
 
@@ -223,20 +234,21 @@ def _batch_stats_backward(ctx, dmean, dvar):
         dz = (z.to(ct) - _c4(mean)) * _c4(dvar.to(ct) * (2.0 / m))
     if dmean is not None:
         dz = dz + _c4(dmean.to(ct) / m)
-    return _as_nhwc_out(dz.expand(z.shape), z.dtype)
+    return _as_nhwc_out(dz.expand(z.shape), z.dtype), None
 
 
 _batch_stats.register_autograd(_batch_stats_backward, setup_context=_batch_stats_setup)
 
 
-def batch_stats(z: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel (mean, biased variance) of z (N, C, H, W) over (N, H, W), float32."""
+def batch_stats(z: Tensor, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Per-channel (mean, biased variance) of z (N, C, H, W) over (N, H, W), float32 (float64
+    for float64 z); float32 CPU z on "auto" / "cpu": the C++ kernel effnet::batch_stats."""
     if not isinstance(z, Tensor) or z.dim() != 4 or not z.is_floating_point():
         raise ValueError(f"batch_stats: z must be a 4-D float tensor, got {_desc(z)}")
     if z.numel() // max(z.shape[1], 1) < 2:
         raise ValueError(f"batch_stats: expected more than 1 value per channel when training, "
                          f"got input size {tuple(z.shape)}")
-    return _batch_stats(z)
+    return _batch_stats(z, _check_backend(backend))
 
 
 # ----------------------------------------------------------------------------- bn_act

@@ -21,11 +21,11 @@ What runs, per MBConv block (``z`` conv outputs before their BN; ``BN·act`` app
     output   bn_act(z3, BN3, residual=x)           (drop_path(BN3(z3)) + x with stochastic depth)
 
 The stem conv and the classifier are PyTorch's ``F.conv2d`` / ``F.linear``; the head is
-``pwconv`` + ``bn_act_pool``. **Kernels**: one fused kernel, the C++ CPU ``effnet::bn_act_backward``
-(the backward of BN + activation (+ the SE gate) in one pass, used by every op's backward for
-float32 CPU tensors with ``backend="auto"`` or ``"cpu"``); everything else — the convs, their
-backward, the forward BN-act, the statistics, the SE MLP — is an ATen composition (see
-``t.backends``). The saving is in memory first; no Triton or CUDA training kernel exists yet.
+``pwconv`` + ``bn_act_pool``. **Kernels**: two C++ CPU kernels, ``effnet::bn_act_backward``
+(the backward of BN + activation (+ the SE gate) in one pass, used by every op's backward) and
+``effnet::batch_stats``, for float32 CPU tensors with ``backend="auto"`` or ``"cpu"``;
+everything else — the convs, their backward, the forward BN-act, the SE MLP — is an ATen
+composition (see ``t.backends``). The saving is in memory first; no Triton or CUDA training kernel exists yet.
 
 BatchNorm (``bn``):
 
@@ -123,7 +123,7 @@ class TrainableEfficientNet(nn.Module):
         gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
         beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
         if self.bn_mode == "batch" and self.training:
-            mean, var = train_ops.batch_stats(z)
+            mean, var = train_ops.batch_stats(z, backend=self.backend)
             _update_running_stats(bn, mean.detach(), var.detach(), z.numel() // z.shape[1])
         else:
             mean, var = bn.running_mean, bn.running_var
@@ -237,7 +237,9 @@ class TrainableEfficientNet(nn.Module):
         return {"bn_act_backward": "cpu (C++ kernel effnet::bn_act_backward, float32)" if kernel
                 else "torch (ATen ops)",
                 "convs": "torch (F.conv2d, aten.convolution_backward, matmul)",
-                "bn_act / bn_act_pool / batch_stats / se_gate forward": "torch (ATen ops)"}
+                "batch_stats": "cpu (C++ kernel effnet::batch_stats, float32)" if kernel
+                else "torch (ATen var_mean)",
+                "bn_act / bn_act_pool / se_gate forward": "torch (ATen ops)"}
 
 
 @torch.no_grad()
