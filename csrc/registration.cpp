@@ -60,6 +60,10 @@ TORCH_LIBRARY(effnet, m) {
       "Tensor? gate) -> (Tensor, Tensor, Tensor, Tensor)");
   // Training: per-channel (mean, biased variance) of a channels_last float32 z over (N, H, W).
   m.def("batch_stats(Tensor z) -> (Tensor, Tensor)");
+  // Training: y = act((x - mean) * scale + beta) [* gate[n, c]], channels_last float32, one pass.
+  m.def(
+      "bn_act_apply(Tensor x, Tensor mean, Tensor scale, Tensor beta, str act, Tensor? gate) -> "
+      "Tensor");
 }
 
 namespace effnet {

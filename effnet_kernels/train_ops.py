@@ -30,12 +30,13 @@ Every op except ``se_gate`` also takes ``backend`` ("auto", "cpu", "torch"; see 
 and the gated input. BatchNorm in training mode is then the composition ``batch_stats`` →
 ``scale = γ/√(var + ε)`` → prologue, whose autograd gradient is BatchNorm's.
 
-**Implementation status.** Two fused C++ CPU kernels (backend ``"cpu"``, and ``"auto"`` on
-float32 CPU tensors): ``effnet::bn_act_backward`` — the backward of the BN-act prologue (+ the
-SE gate) of every op in one pass — and ``effnet::batch_stats``. Everything else is an ATen
-composition (F.conv2d, ``aten.convolution_backward``, matmul, elementwise ops): the convs and
-their backward, the forward prologue, the SE MLP; backend ``"torch"`` is ATen only. No Triton
-or CUDA training kernels yet.
+**Implementation status.** Three fused C++ CPU kernels (backend ``"cpu"``, and ``"auto"`` on
+float32 CPU tensors): ``effnet::bn_act_apply`` — the BN-act prologue (+ the SE gate) in one
+pass, forward and its recomputation in backward —, ``effnet::bn_act_backward`` — its backward
+in one pass — and ``effnet::batch_stats``. Everything else is an ATen composition (F.conv2d,
+``aten.convolution_backward``, matmul, the pool's mean, the residual add, the SE MLP); backend
+``"torch"`` is ATen only (and what runs for other dtypes and devices). No Triton or CUDA
+training kernels yet.
 """
 
 from __future__ import annotations
@@ -51,15 +52,19 @@ from .reference import ACTIVATIONS, apply_act
 __all__ = ["SCHEMAS", "BACKENDS", "batch_stats", "bn_act", "bn_act_pool", "dwconv", "pwconv",
            "se_gate", "act_grad"]
 
+# The C++ CPU kernels of the "cpu" backend (csrc/<name>/<name>_cpu.cpp).
+CPU_KERNELS = ("bn_act_apply", "bn_act_backward", "batch_stats")
+
+
 def _has_cpu_kernel() -> bool:
     from . import registry
 
-    return all(registry._has_cpp_kernel(op, "CPU") for op in ("bn_act_backward", "batch_stats"))
+    return all(registry._has_cpp_kernel(op, "CPU") for op in CPU_KERNELS)
 
 
 # Backends of the training ops: "torch" = the ATen compositions below; "cpu" = the same with the
-# C++ kernels effnet::bn_act_backward (the BN-act backward) and effnet::batch_stats (float32 CPU
-# tensors).
+# C++ kernels of CPU_KERNELS for the BN-act prologue, its backward and the batch statistics
+# (float32 CPU tensors).
 BACKENDS = ("cpu", "torch") if _has_cpu_kernel() else ("torch",)
 CHOICES = ("auto", *BACKENDS)
 
@@ -69,6 +74,10 @@ if "cpu" in BACKENDS:
         c = x.shape[1]
         dgate = x.new_empty((x.shape[0], c) if gate is not None else (0, 0))
         return _empty_nhwc(x, x.shape), x.new_empty((c,)), x.new_empty((c,)), dgate
+
+    @torch.library.register_fake("effnet::bn_act_apply")
+    def _(x, mean, scale, beta, act, gate):
+        return _empty_nhwc(x, x.shape)
 
     @torch.library.register_fake("effnet::batch_stats")
     def _(z):
@@ -154,8 +163,13 @@ def _pre(x: Tensor, mean: Tensor | None, scale: Tensor | None, beta: Tensor | No
     return torch.addcmul(_c4(beta.to(ct) - mean.to(ct) * scale), x.to(ct), _c4(scale))
 
 
-def _prologue(x: Tensor, mean, scale, beta, act: str, gate: Tensor | None = None) -> Tensor:
-    """``act(BN(x)) · gate`` in the compute dtype."""
+def _prologue(x: Tensor, mean, scale, beta, act: str, gate: Tensor | None = None,
+              backend: str = "torch") -> Tensor:
+    """``act(BN(x)) · gate`` in the compute dtype; one pass of effnet::bn_act_apply for
+    float32 CPU tensors on "cpu" / "auto"."""
+    if _use_kernel(backend, x, None, mean):
+        return torch.ops.effnet.bn_act_apply(_nhwc(x), mean.float(), scale.float(), beta.float(),
+                                             act, None if gate is None else gate.float())
     v = _pre(x, mean, scale, beta)
     y = apply_act(v, act) if mean is not None else v
     return y if gate is None else y * gate.to(y.dtype)[:, :, None, None]
@@ -254,7 +268,7 @@ def batch_stats(z: Tensor, backend: str = "auto") -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------- bn_act
 @torch.library.custom_op(f"{_NS}::bn_act", mutates_args=(), schema=SCHEMAS["bn_act"])
 def _bn_act(z, mean, scale, beta, act, residual, backend):
-    y = apply_act(_pre(z, mean, scale, beta), act)
+    y = _prologue(z, mean, scale, beta, act, None, backend)
     if residual is not None:
         y = y + residual.to(y.dtype)
     return _as_nhwc_out(y, z.dtype)
@@ -299,7 +313,7 @@ def bn_act(z: Tensor, mean: Tensor, scale: Tensor, beta: Tensor, act: str = "sil
 # ----------------------------------------------------------------------------- bn_act_pool
 @torch.library.custom_op(f"{_NS}::bn_act_pool", mutates_args=(), schema=SCHEMAS["bn_act_pool"])
 def _bn_act_pool(z, mean, scale, beta, act, backend):
-    return apply_act(_pre(z, mean, scale, beta), act).mean(dim=(2, 3))
+    return _prologue(z, mean, scale, beta, act, None, backend).mean(dim=(2, 3))
 
 
 @_bn_act_pool.register_fake
@@ -341,7 +355,7 @@ def _dw_conv(xt: Tensor, w: Tensor, stride: int, padding: Sequence[int]) -> Tens
 
 @torch.library.custom_op(f"{_NS}::dwconv", mutates_args=(), schema=SCHEMAS["dwconv"])
 def _dwconv(x, weight, mean, scale, beta, act, stride, padding, backend):
-    xt = _prologue(x, mean, scale, beta, act).to(x.dtype)
+    xt = _prologue(x, mean, scale, beta, act, None, backend).to(x.dtype)
     return _as_nhwc_out(_dw_conv(_nhwc(xt), weight.to(x.dtype), stride, padding), x.dtype)
 
 
@@ -362,7 +376,7 @@ def _dwconv_backward(ctx, dz):
     x, weight, mean, scale, beta = ctx.saved_tensors
     stride, (left, right, top, bottom) = ctx.stride, ctx.padding
     need = ctx.needs_input_grad
-    xt = _nhwc(_prologue(x, mean, scale, beta, ctx.act).to(x.dtype))
+    xt = _nhwc(_prologue(x, mean, scale, beta, ctx.act, None, ctx.backend).to(x.dtype))
     sym = left == right and top == bottom
     xin = xt if sym else F.pad(xt, (left, right, top, bottom))
     pad = [top, left] if sym else [0, 0]
@@ -414,7 +428,7 @@ def dwconv(x: Tensor, weight: Tensor, mean: Tensor | None = None, scale: Tensor 
 # ----------------------------------------------------------------------------- pwconv
 @torch.library.custom_op(f"{_NS}::pwconv", mutates_args=(), schema=SCHEMAS["pwconv"])
 def _pwconv(x, weight, mean, scale, beta, act, gate, backend):
-    xt = _nhwc(_prologue(x, mean, scale, beta, act, gate).to(x.dtype))
+    xt = _nhwc(_prologue(x, mean, scale, beta, act, gate, backend).to(x.dtype))
     N, _, H, W = x.shape
     z = _rows(xt) @ weight.reshape(weight.shape[0], -1).to(x.dtype).t()
     return z.view(N, H, W, -1).permute(0, 3, 1, 2)
@@ -438,7 +452,7 @@ def _pwconv_backward(ctx, dz):
     dzr = _rows(_nhwc(dz.to(x.dtype)))
     dw = None
     if need[1]:
-        xt = _nhwc(_prologue(x, mean, scale, beta, ctx.act, gate).to(x.dtype))
+        xt = _nhwc(_prologue(x, mean, scale, beta, ctx.act, gate, ctx.backend).to(x.dtype))
         dw = (dzr.t() @ _rows(xt)).reshape(weight.shape).to(weight.dtype)
     dx = dmean = dscale = dbeta = dgate = None
     if need[0] or any(need[2:5]) or need[6]:

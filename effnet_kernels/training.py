@@ -21,11 +21,11 @@ What runs, per MBConv block (``z`` conv outputs before their BN; ``BN·act`` app
     output   bn_act(z3, BN3, residual=x)           (drop_path(BN3(z3)) + x with stochastic depth)
 
 The stem conv and the classifier are PyTorch's ``F.conv2d`` / ``F.linear``; the head is
-``pwconv`` + ``bn_act_pool``. **Kernels**: two C++ CPU kernels, ``effnet::bn_act_backward``
-(the backward of BN + activation (+ the SE gate) in one pass, used by every op's backward) and
-``effnet::batch_stats``, for float32 CPU tensors with ``backend="auto"`` or ``"cpu"``;
-everything else — the convs, their backward, the forward BN-act, the SE MLP — is an ATen
-composition (see ``t.backends``). The saving is in memory first; no Triton or CUDA training kernel exists yet.
+``pwconv`` + ``bn_act_pool``. **Kernels**: three C++ CPU kernels for float32 CPU tensors
+(``backend="auto"`` or ``"cpu"``): ``effnet::bn_act_apply`` (BN + activation (+ the SE gate)
+on load, one pass, forward and recomputation), ``effnet::bn_act_backward`` (its backward, one
+pass) and ``effnet::batch_stats``; everything else — the convs and their backward, the SE MLP,
+the pool's mean — is an ATen composition (see ``t.backends``). The saving is in memory first; no Triton or CUDA training kernel exists yet.
 
 BatchNorm (``bn``):
 
@@ -239,7 +239,10 @@ class TrainableEfficientNet(nn.Module):
                 "convs": "torch (F.conv2d, aten.convolution_backward, matmul)",
                 "batch_stats": "cpu (C++ kernel effnet::batch_stats, float32)" if kernel
                 else "torch (ATen var_mean)",
-                "bn_act / bn_act_pool / se_gate forward": "torch (ATen ops)"}
+                "bn_act prologue (forward, recomputed in backward)":
+                    "cpu (C++ kernel effnet::bn_act_apply, float32)" if kernel
+                    else "torch (ATen ops)",
+                "se_gate, pool mean, residual add": "torch (ATen ops)"}
 
 
 @torch.no_grad()

@@ -142,6 +142,9 @@ def test_opcheck():
             cases += [(torch.ops.effnet.bn_act_backward.default,
                        (x.detach(), dy, m.detach(), s.detach(), b.detach(), act, gate))
                       for act, gate in (("silu", g.detach()), ("relu6", None))]
+            cases += [(torch.ops.effnet.bn_act_apply.default,
+                       (x.detach(), m.detach(), s.detach(), b.detach(), act, gate))
+                      for act, gate in (("silu", g.detach()), ("identity", None))]
         if n * h * w > 1:
             cases += [(ops.batch_stats.default, (x, be)) for be in ("auto", "torch")]
             if "cpu" in T.BACKENDS:
@@ -177,6 +180,23 @@ def test_bn_act_backward_kernel(n, h, w, act, with_gate):
             assert u.dtype == torch.float32
             assert ((u.double() - v).norm() / v.norm()).item() < 1e-5, i
     assert got[0].is_contiguous(memory_format=CL)
+
+
+@needs_kernel
+@pytest.mark.parametrize("act", ["silu", "relu6", "relu", "identity"])
+@pytest.mark.parametrize("n,h,w", [(1, 1, 1), (3, 13, 11), (2, 30, 30)])
+def test_bn_act_apply_kernel(n, h, w, act):
+    """The C++ prologue act((x − mean)·scale + beta)·gate against float64, with and without
+    the gate; channels_last output."""
+    c = 96 if h == 30 else C
+    x = (torch.randn(n, c, h, w) * 3).contiguous(memory_format=CL)
+    m, s, b, gate = torch.randn(c), torch.rand(c) + 0.5, torch.randn(c), torch.rand(n, c)
+    for g in (None, gate):
+        got = T._prologue(x, m, s, b, act, g, "cpu")
+        want = T._prologue(*(t.double() for t in (x, m, s, b)), act,
+                           None if g is None else g.double(), "torch")
+        assert got.dtype == torch.float32 and got.is_contiguous(memory_format=CL)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
 @needs_kernel
