@@ -161,10 +161,10 @@ needs_kernel = pytest.mark.skipif("cpu" not in T.BACKENDS,
 @pytest.mark.parametrize("act", ["silu", "relu6", "relu", "identity"])
 @pytest.mark.parametrize("n,h,w", [(1, 1, 1), (3, 13, 11), (2, 30, 30)])
 @pytest.mark.parametrize("with_gate", [False, True])
-def test_bn_act_backward_kernel(n, h, w, act, with_gate):
-    """The C++ BN-act backward (float32) against the ATen composition in float64: dx, dmean,
-    dscale, dbeta, dgate; C = 37 (a vector tail) and 96, odd sizes, 2 and 30×30 (several
-    256-row blocks and tasks per image)."""
+def test_bn_act_backward_kernel(n, h, w, act, with_gate, cpu_isa):
+    """The C++ BN-act backward (float32; each CPU ISA build: baseline at::vec, AVX2 intrinsics)
+    against the ATen composition in float64: dx, dmean, dscale, dbeta, dgate; C = 37 (a
+    vector tail) and 96, odd sizes, 2 and 30×30 (several 256-row blocks and tasks per image)."""
     c = 96 if h == 30 else C
     x = (torch.randn(n, c, h, w) * 3).contiguous(memory_format=CL)
     dy = torch.randn(n, c, h, w).contiguous(memory_format=CL)
@@ -185,9 +185,9 @@ def test_bn_act_backward_kernel(n, h, w, act, with_gate):
 @needs_kernel
 @pytest.mark.parametrize("act", ["silu", "relu6", "relu", "identity"])
 @pytest.mark.parametrize("n,h,w", [(1, 1, 1), (3, 13, 11), (2, 30, 30)])
-def test_bn_act_apply_kernel(n, h, w, act):
-    """The C++ prologue act((x − mean)·scale + beta)·gate against float64, with and without
-    the gate; channels_last output."""
+def test_bn_act_apply_kernel(n, h, w, act, cpu_isa):
+    """The C++ prologue act((x − mean)·scale + beta)·gate (each CPU ISA build) against
+    float64, with and without the gate; channels_last output."""
     c = 96 if h == 30 else C
     x = (torch.randn(n, c, h, w) * 3).contiguous(memory_format=CL)
     m, s, b, gate = torch.randn(c), torch.rand(c) + 0.5, torch.randn(c), torch.rand(n, c)
