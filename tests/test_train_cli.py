@@ -101,6 +101,21 @@ def test_train_checkpoint_resume(folder, tmp_path, capsys):
     assert abs(float(rows[0].split(",")[3]) - float(p.max())) < 1e-4
 
 
+def test_frozen_bn_bf16_adamw(folder, tmp_path, capsys):
+    """--bn frozen (running statistics and BN affine unchanged), --dtype bfloat16, --opt adamw."""
+    _lite0_or_skip()
+    rc, out, err = train(capsys, folder, "--out", tmp_path, "--epochs", 1, "--bn", "frozen",
+                         "--dtype", "bfloat16", "--opt", "adamw", "--lr", 1e-3,
+                         "--resolution", 48, "--batch-size", 4)
+    assert rc == 0, err
+    sd = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    pre = ek.convert.load_lite0_pretrained().state_dict()
+    for k in ("stem.bn.running_mean", "stem.bn.weight", "blocks.3.1.dw.bn.bias"):
+        assert torch.equal(sd[k], pre[k]), k
+    assert not torch.equal(sd["stem.conv.weight"], pre["stem.conv.weight"])
+    assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
 def test_errors(folder, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
