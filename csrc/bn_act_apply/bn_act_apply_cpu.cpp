@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "../common/act.h"
+#include "../common/bn_act.h"
 #include "../common/cpu_isa.h"
 #include "../common/cpu_math.h"
 
@@ -88,30 +89,15 @@ C10_NOINLINE EFFNET_TARGET_AVX2 void rows_apply_avx2(const float* x, const float
 at::Tensor bn_act_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
                             const at::Tensor& beta, const std::string& act,
                             const c10::optional<at::Tensor>& gate) {
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  TORCH_CHECK_VALUE(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(cl),
-                    "bn_act_apply: x must be a channels_last float32 (N, C, H, W) tensor");
+  const BnActArgs args = bn_act_args("bn_act_apply", x, mean, scale, beta, gate);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  for (const at::Tensor* t : {&mean, &scale, &beta}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == C && t->scalar_type() == at::kFloat,
-                      "bn_act_apply: mean, scale and beta must be float32 (C,) vectors");
-  }
-  const bool has_gate = gate.has_value() && gate->defined();
-  if (has_gate) {
-    TORCH_CHECK_VALUE(gate->dim() == 2 && gate->size(0) == N && gate->size(1) == C &&
-                          gate->scalar_type() == at::kFloat,
-                      "bn_act_apply: gate must be a float32 (N, C) tensor");
-  }
   const Act a = parse_act(act);
-  const at::Tensor s = scale.contiguous();
-  const at::Tensor shift = beta.contiguous().sub(mean.contiguous().mul(s));
-  const at::Tensor g = has_gate ? gate->contiguous() : at::Tensor();
-  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(cl));
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (N * HW * C == 0) return y;
   const float* xp = x.data_ptr<float>();
-  const float* sp = s.data_ptr<float>();
-  const float* hp = shift.data_ptr<float>();
-  const float* gp = has_gate ? g.data_ptr<float>() : nullptr;
+  const float* sp = args.scale.data_ptr<float>();
+  const float* hp = args.shift.data_ptr<float>();
+  const float* gp = args.has_gate ? args.gate.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   // Enough rows per task that a task moves at least ~64 KiB; a task never spans two images.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../common/act.h"
+#include "../common/bn_act.h"
 #include "../common/cpu_isa.h"
 #include "../common/cpu_math.h"
 
@@ -66,52 +67,47 @@ inline std::pair<fVec, fVec> act_and_grad(fVec v) {
 
 constexpr int64_t kBlock = 256;  // rows summed in float32 before a float64 flush
 
+// The pointers of one row: inputs, output, and the float32 block sums (dscale, dbeta, dgate).
+struct Row {
+  const float *x, *dy, *mean, *scale, *shift, *gate;
+  float *dx, *as, *ab, *ag;
+};
+
+// Channels [c0, C) of a row, one at a time (the tail after the vector steps).
 template <Act A, bool G>
-void task(const float* x, const float* dy, const float* mean, const float* scale,
-          const float* shift, const float* gate, float* dx, double* part, int64_t r0,
-          int64_t r1, int64_t C) {
-  // part: [dscale C][dbeta C][dgate C] float64 partial sums of this task (one image).
-  std::vector<float> acc(3 * C);
-  float* as = acc.data();
-  float* ab = as + C;
-  float* ag = ab + C;
-  for (int64_t b0 = r0; b0 < r1; b0 += kBlock) {
-    std::fill(acc.begin(), acc.end(), 0.0f);
-    const int64_t b1 = std::min(r1, b0 + kBlock);
-    for (int64_t r = b0; r < b1; ++r) {
-      const float* xr = x + r * C;
-      const float* dr = dy + r * C;
-      float* o = dx + r * C;
-      int64_t c = 0;
-      for (; c + fVec::size() <= C; c += fVec::size()) {
-        const fVec xv = fVec::loadu(xr + c), sc = fVec::loadu(scale + c);
-        const fVec v = at::vec::fmadd(xv, sc, fVec::loadu(shift + c));
-        auto [a, g] = act_and_grad<A>(v);
-        fVec d = fVec::loadu(dr + c);
-        if constexpr (G) {
-          (fVec::loadu(ag + c) + d * a).store(ag + c);
-          d = d * fVec::loadu(gate + c);
-        }
-        const fVec dv = d * g;
-        (dv * sc).store(o + c);
-        (fVec::loadu(ab + c) + dv).store(ab + c);
-        (fVec::loadu(as + c) + dv * (xv - fVec::loadu(mean + c))).store(as + c);
-      }
-      for (; c < C; ++c) {
-        const float v = xr[c] * scale[c] + shift[c];
-        float d = dr[c];
-        if constexpr (G) {
-          ag[c] += d * apply_act<A>(v);
-          d *= gate[c];
-        }
-        const float dv = d * act_grad_scalar<A>(v);
-        o[c] = dv * scale[c];
-        ab[c] += dv;
-        as[c] += dv * (xr[c] - mean[c]);
-      }
+inline void row_scalar(const Row& r, int64_t c0, int64_t C) {
+  for (int64_t c = c0; c < C; ++c) {
+    const float v = r.x[c] * r.scale[c] + r.shift[c];
+    float d = r.dy[c];
+    if constexpr (G) {
+      r.ag[c] += d * apply_act<A>(v);
+      d *= r.gate[c];
     }
-    for (int64_t c = 0; c < 3 * C; ++c) part[c] += acc[c];
+    const float dv = d * act_grad_scalar<A>(v);
+    r.dx[c] = dv * r.scale[c];
+    r.ab[c] += dv;
+    r.as[c] += dv * (r.x[c] - r.mean[c]);
   }
+}
+
+// The vector steps of a row with at::vec (the portable build); returns the first channel left.
+template <Act A, bool G>
+inline int64_t row_vec(const Row& r, int64_t C) {
+  int64_t c = 0;
+  for (; c + fVec::size() <= C; c += fVec::size()) {
+    const fVec xv = fVec::loadu(r.x + c), sc = fVec::loadu(r.scale + c);
+    auto [a, g] = act_and_grad<A>(at::vec::fmadd(xv, sc, fVec::loadu(r.shift + c)));
+    fVec d = fVec::loadu(r.dy + c);
+    if constexpr (G) {
+      (fVec::loadu(r.ag + c) + d * a).store(r.ag + c);
+      d = d * fVec::loadu(r.gate + c);
+    }
+    const fVec dv = d * g;
+    (dv * sc).store(r.dx + c);
+    (fVec::loadu(r.ab + c) + dv).store(r.ab + c);
+    (fVec::loadu(r.as + c) + dv * (xv - fVec::loadu(r.mean + c))).store(r.as + c);
+  }
+  return c;
 }
 
 #if EFFNET_HAVE_AVX2_BUILD
@@ -138,58 +134,48 @@ EFFNET_TARGET_AVX2 inline void act_and_grad256(__m256 v, __m256& a, __m256& g) {
 }
 #endif
 
-// `task` with AVX2 intrinsics for the 8-channel steps (the tail and the block flush as there).
+// The vector steps of a row with AVX2 intrinsics (8 channels a step).
 template <Act A, bool G>
-C10_NOINLINE EFFNET_TARGET_AVX2 void task_avx2(const float* x, const float* dy,
-                                               const float* mean, const float* scale,
-                                               const float* shift, const float* gate, float* dx,
-                                               double* part, int64_t r0, int64_t r1, int64_t C) {
+C10_NOINLINE EFFNET_TARGET_AVX2 int64_t row_avx2(const Row& r, int64_t C) {
 #if EFFNET_HAVE_AVX2_BUILD
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const __m256 xv = _mm256_loadu_ps(r.x + c), sc = _mm256_loadu_ps(r.scale + c);
+    __m256 a, g;
+    act_and_grad256<A>(_mm256_fmadd_ps(xv, sc, _mm256_loadu_ps(r.shift + c)), a, g);
+    __m256 d = _mm256_loadu_ps(r.dy + c);
+    if constexpr (G) {
+      _mm256_storeu_ps(r.ag + c, _mm256_fmadd_ps(d, a, _mm256_loadu_ps(r.ag + c)));
+      d = _mm256_mul_ps(d, _mm256_loadu_ps(r.gate + c));
+    }
+    const __m256 dv = _mm256_mul_ps(d, g);
+    _mm256_storeu_ps(r.dx + c, _mm256_mul_ps(dv, sc));
+    _mm256_storeu_ps(r.ab + c, _mm256_add_ps(_mm256_loadu_ps(r.ab + c), dv));
+    _mm256_storeu_ps(r.as + c, _mm256_fmadd_ps(dv, _mm256_sub_ps(xv, _mm256_loadu_ps(r.mean + c)),
+                                               _mm256_loadu_ps(r.as + c)));
+  }
+  return c;
+#else
+  return row_vec<A, G>(r, C);
+#endif
+}
+
+// Rows [r0, r1) of one image: dx, and into part ([dscale C][dbeta C][dgate C], float64) the
+// sums of 256-row float32 blocks.
+template <Act A, bool G>
+void task(const float* x, const float* dy, const float* mean, const float* scale,
+          const float* shift, const float* gate, float* dx, double* part, int64_t r0,
+          int64_t r1, int64_t C, bool avx2) {
   std::vector<float> acc(3 * C);
-  float* as = acc.data();
-  float* ab = as + C;
-  float* ag = ab + C;
   for (int64_t b0 = r0; b0 < r1; b0 += kBlock) {
     std::fill(acc.begin(), acc.end(), 0.0f);
-    const int64_t b1 = std::min(r1, b0 + kBlock);
-    for (int64_t r = b0; r < b1; ++r) {
-      const float* xr = x + r * C;
-      const float* dr = dy + r * C;
-      float* o = dx + r * C;
-      int64_t c = 0;
-      for (; c + 8 <= C; c += 8) {
-        const __m256 xv = _mm256_loadu_ps(xr + c), sc = _mm256_loadu_ps(scale + c);
-        __m256 a, g;
-        act_and_grad256<A>(_mm256_fmadd_ps(xv, sc, _mm256_loadu_ps(shift + c)), a, g);
-        __m256 d = _mm256_loadu_ps(dr + c);
-        if constexpr (G) {
-          _mm256_storeu_ps(ag + c, _mm256_fmadd_ps(d, a, _mm256_loadu_ps(ag + c)));
-          d = _mm256_mul_ps(d, _mm256_loadu_ps(gate + c));
-        }
-        const __m256 dv = _mm256_mul_ps(d, g);
-        _mm256_storeu_ps(o + c, _mm256_mul_ps(dv, sc));
-        _mm256_storeu_ps(ab + c, _mm256_add_ps(_mm256_loadu_ps(ab + c), dv));
-        _mm256_storeu_ps(as + c, _mm256_fmadd_ps(dv, _mm256_sub_ps(xv, _mm256_loadu_ps(mean + c)),
-                                                 _mm256_loadu_ps(as + c)));
-      }
-      for (; c < C; ++c) {
-        const float v = xr[c] * scale[c] + shift[c];
-        float d = dr[c];
-        if constexpr (G) {
-          ag[c] += d * apply_act<A>(v);
-          d *= gate[c];
-        }
-        const float dv = d * act_grad_scalar<A>(v);
-        o[c] = dv * scale[c];
-        ab[c] += dv;
-        as[c] += dv * (xr[c] - mean[c]);
-      }
+    for (int64_t r = b0; r < std::min(r1, b0 + kBlock); ++r) {
+      const Row row{x + r * C, dy + r * C, mean, scale, shift, gate,
+                    dx + r * C, acc.data(), acc.data() + C, acc.data() + 2 * C};
+      row_scalar<A, G>(row, avx2 ? row_avx2<A, G>(row, C) : row_vec<A, G>(row, C), C);
     }
     for (int64_t c = 0; c < 3 * C; ++c) part[c] += acc[c];
   }
-#else
-  task<A, G>(x, dy, mean, scale, shift, gate, dx, part, r0, r1, C);
-#endif
 }
 
 }  // namespace
@@ -198,26 +184,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cpu(
     const at::Tensor& x, const at::Tensor& dy, const at::Tensor& mean, const at::Tensor& scale,
     const at::Tensor& beta, const std::string& act, const c10::optional<at::Tensor>& gate) {
   const auto cl = at::MemoryFormat::ChannelsLast;
-  TORCH_CHECK_VALUE(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(cl),
-                    "bn_act_backward: x must be a channels_last float32 (N, C, H, W) tensor");
+  const BnActArgs args = bn_act_args("bn_act_backward", x, mean, scale, beta, gate);
   TORCH_CHECK_VALUE(dy.sizes() == x.sizes() && dy.scalar_type() == at::kFloat &&
                         dy.is_contiguous(cl),
                     "bn_act_backward: dy must be a channels_last float32 tensor shaped like x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  for (const at::Tensor* t : {&mean, &scale, &beta}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == C && t->scalar_type() == at::kFloat,
-                      "bn_act_backward: mean, scale and beta must be float32 (C,) vectors");
-  }
-  const bool has_gate = gate.has_value() && gate->defined();
-  if (has_gate) {
-    TORCH_CHECK_VALUE(gate->dim() == 2 && gate->size(0) == N && gate->size(1) == C &&
-                          gate->scalar_type() == at::kFloat,
-                      "bn_act_backward: gate must be a float32 (N, C) tensor");
-  }
+  const bool has_gate = args.has_gate;
   const Act a = parse_act(act);
-  const at::Tensor m = mean.contiguous(), s = scale.contiguous();
-  const at::Tensor shift = beta.contiguous().sub(m.mul(s));
-  const at::Tensor g = has_gate ? gate->contiguous() : at::Tensor();
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(cl));
   at::Tensor dscale = at::zeros({C}, x.options());
   at::Tensor dbeta = at::zeros({C}, x.options());
@@ -233,9 +206,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cpu(
   const float* dp = dy.data_ptr<float>();
   float* op = dx.data_ptr<float>();
   const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::use_avx2();
-  const float* mp = m.data_ptr<float>();
-  const float* sp = s.data_ptr<float>();
-  const float* hp = shift.data_ptr<float>();
+  const float* mp = args.mean.data_ptr<float>();
+  const float* sp = args.scale.data_ptr<float>();
+  const float* hp = args.shift.data_ptr<float>();
   dispatch_act(a, [&](auto act_c) {
     constexpr Act A = decltype(act_c)::value;
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
@@ -243,13 +216,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cpu(
         const int64_t n = t / per, j = t % per;
         const int64_t r0 = n * HW + HW * j / per, r1 = n * HW + HW * (j + 1) / per;
         double* pt = part.data() + t * 3 * C;
-        const float* gn = has_gate ? g.data_ptr<float>() + n * C : nullptr;
+        const float* gn = has_gate ? args.gate.data_ptr<float>() + n * C : nullptr;
         if (has_gate) {
-          (avx2 ? task_avx2<A, true> : task<A, true>)(xp, dp, mp, sp, hp, gn, op, pt, r0, r1,
-                                                      C);
+          task<A, true>(xp, dp, mp, sp, hp, gn, op, pt, r0, r1, C, avx2);
         } else {
-          (avx2 ? task_avx2<A, false> : task<A, false>)(xp, dp, mp, sp, hp, gn, op, pt, r0,
-                                                        r1, C);
+          task<A, false>(xp, dp, mp, sp, hp, gn, op, pt, r0, r1, C, avx2);
         }
       }
     });
