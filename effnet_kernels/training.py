@@ -25,7 +25,8 @@ The stem conv and the classifier are PyTorch's ``F.conv2d`` / ``F.linear``; the 
 (``backend="auto"`` or ``"cpu"``): ``effnet::bn_act_apply`` (BN + activation (+ the SE gate)
 on load, one pass, forward and recomputation), ``effnet::bn_act_backward`` (its backward, one
 pass) and ``effnet::batch_stats``; everything else — the convs and their backward, the SE MLP,
-the pool's mean — is an ATen composition (see ``t.backends``). The saving is in memory first; no Triton or CUDA training kernel exists yet.
+the pool's mean — is an ATen composition (see ``t.backends``). No Triton or CUDA training
+kernel exists yet: on a GPU every op is the ATen composition (the memory saving holds there).
 
 BatchNorm (``bn``):
 
@@ -147,9 +148,9 @@ class TrainableEfficientNet(nn.Module):
     def _check_input(self, x) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != self._plan.stem.conv.in_channels:
-            raise ValueError(f"input must be (N, {self._plan.stem.conv.in_channels}, H, W), got shape "
-                             f"{tuple(x.shape)}")
+        cin = self._plan.stem.conv.in_channels
+        if x.dim() != 4 or x.shape[1] != cin:
+            raise ValueError(f"input must be (N, {cin}, H, W), got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
         if x.device != self._plan.stem.conv.weight.device:
