@@ -14,7 +14,8 @@ float64 input); 4-D tensors channels_last):
 
 * ``batch_stats(z) -> (mean, var)``: per-channel mean and biased variance over (N, H, W).
 
-Every op except ``se_gate`` also takes ``backend`` ("auto", "cpu", "torch"; see ``BACKENDS``).
+Every op except ``se_gate`` also takes ``backend`` ("auto", "cpu", "triton", "torch"; see
+``BACKENDS``).
 * ``bn_act(z, mean, scale, beta, act, residual?) -> y``: ``act((z − mean)·scale + beta)
   [+ residual]`` (a block's output: projection BN + residual; the stem when it is needed).
 * ``bn_act_pool(z, mean, scale, beta, act) -> pool``: the (N, C) spatial mean of the same
@@ -33,10 +34,12 @@ and the gated input. BatchNorm in training mode is then the composition ``batch_
 **Implementation status.** Three fused C++ CPU kernels (backend ``"cpu"``, and ``"auto"`` on
 float32 CPU tensors): ``effnet::bn_act_apply`` — the BN-act prologue (+ the SE gate) in one
 pass, forward and its recomputation in backward —, ``effnet::bn_act_backward`` — its backward
-in one pass — and ``effnet::batch_stats``. Everything else is an ATen composition (F.conv2d,
-``aten.convolution_backward``, matmul, the pool's mean, the residual add, the SE MLP); backend
-``"torch"`` is ATen only (and what runs for other dtypes and devices). No Triton or CUDA
-training kernels yet.
+in one pass — and ``effnet::batch_stats``. Two Triton kernels with the same contracts
+(``effnet_kernels/triton/train.py``, operators ``torch.ops.effnet_train_triton.*``; backend
+``"triton"``, and ``"auto"`` on CUDA tensors), tested through the interpreter, **not yet run on
+a GPU**. Everything else is an ATen composition (F.conv2d, ``aten.convolution_backward``,
+matmul, the pool's mean, the residual add, the SE MLP, and on a GPU the statistics); backend
+``"torch"`` is ATen only. No CUDA C++ training kernels.
 """
 
 from __future__ import annotations
@@ -62,22 +65,55 @@ def _has_cpu_kernel() -> bool:
     return all(registry._has_cpp_kernel(op, "CPU") for op in CPU_KERNELS)
 
 
+def _has_triton() -> bool:
+    from . import registry
+
+    return registry.triton_importable()
+
+
 # Backends of the training ops: "torch" = the ATen compositions below; "cpu" = the same with the
 # C++ kernels of CPU_KERNELS for the BN-act prologue, its backward and the batch statistics
-# (float32 CPU tensors).
-BACKENDS = ("cpu", "torch") if _has_cpu_kernel() else ("torch",)
+# (float32 CPU tensors); "triton" = the same with the Triton kernels of triton/train.py for the
+# BN-act prologue and its backward (CUDA tensors, or CPU ones under TRITON_INTERPRET=1).
+BACKENDS = (*(("cpu",) if _has_cpu_kernel() else ()), *(("triton",) if _has_triton() else ()),
+            "torch")
 CHOICES = ("auto", *BACKENDS)
 
-if "cpu" in BACKENDS:
-    @torch.library.register_fake("effnet::bn_act_backward")
-    def _(x, dy, mean, scale, beta, act, gate):
-        c = x.shape[1]
-        dgate = x.new_empty((x.shape[0], c) if gate is not None else (0, 0))
-        return _empty_nhwc(x, x.shape), x.new_empty((c,)), x.new_empty((c,)), dgate
 
-    @torch.library.register_fake("effnet::bn_act_apply")
-    def _(x, mean, scale, beta, act, gate):
-        return _empty_nhwc(x, x.shape)
+def _fake_bn_act_backward(x, dy, mean, scale, beta, act, gate):
+    c = x.shape[1]
+    dgate = x.new_empty((x.shape[0], c) if gate is not None else (0, 0), dtype=torch.float32)
+    return (_empty_nhwc(x, x.shape), x.new_empty((c,), dtype=torch.float32),
+            x.new_empty((c,), dtype=torch.float32), dgate)
+
+
+def _fake_bn_act_apply(x, mean, scale, beta, act, gate):
+    return _empty_nhwc(x, x.shape, torch.float32)
+
+
+_KERNEL_SCHEMAS = {
+    "bn_act_apply": "(Tensor x, Tensor mean, Tensor scale, Tensor beta, str act, Tensor? gate) "
+                    "-> Tensor",
+    "bn_act_backward": "(Tensor x, Tensor dy, Tensor mean, Tensor scale, Tensor beta, str act, "
+                       "Tensor? gate) -> (Tensor, Tensor, Tensor, Tensor)",
+}
+if "triton" in BACKENDS:  # the Triton launchers as operators (fake kernels: torch.compile)
+    def _triton_launcher(name):
+        def run(*args):
+            from .triton import train as triton_train
+
+            return getattr(triton_train, name)(*args)
+        return run
+
+    for _name, _fake in (("bn_act_apply", _fake_bn_act_apply),
+                         ("bn_act_backward", _fake_bn_act_backward)):
+        torch.library.custom_op(f"effnet_train_triton::{_name}", _triton_launcher(_name),
+                                mutates_args=(), schema=_KERNEL_SCHEMAS[_name]) \
+            .register_fake(_fake)
+
+if "cpu" in BACKENDS:
+    torch.library.register_fake("effnet::bn_act_backward")(_fake_bn_act_backward)
+    torch.library.register_fake("effnet::bn_act_apply")(_fake_bn_act_apply)
 
     @torch.library.register_fake("effnet::batch_stats")
     def _(z):
@@ -165,36 +201,58 @@ def _pre(x: Tensor, mean: Tensor | None, scale: Tensor | None, beta: Tensor | No
 
 def _prologue(x: Tensor, mean, scale, beta, act: str, gate: Tensor | None = None,
               backend: str = "torch") -> Tensor:
-    """``act(BN(x)) · gate`` in the compute dtype; one pass of effnet::bn_act_apply for
-    float32 CPU tensors on "cpu" / "auto"."""
-    if _use_kernel(backend, x, None, mean):
-        return torch.ops.effnet.bn_act_apply(_nhwc(x), mean.float(), scale.float(), beta.float(),
-                                             act, None if gate is None else gate.float())
+    """``act(BN(x)) · gate`` in the compute dtype; one pass of a bn_act_apply kernel where
+    ``_kernels`` picks one."""
+    ops = _kernels(backend, x, None, mean)
+    if ops is not None:
+        return ops.bn_act_apply(_nhwc(x), mean.float(), scale.float(), beta.float(), act,
+                                None if gate is None else gate.float())
     v = _pre(x, mean, scale, beta)
     y = apply_act(v, act) if mean is not None else v
     return y if gate is None else y * gate.to(y.dtype)[:, :, None, None]
 
 
-def _use_kernel(backend: str, x: Tensor, dy: Tensor | None = None, mean=0) -> bool:
-    """Whether the C++ kernels run: "cpu" always (float32 CPU tensors, else an error), "auto"
-    where they apply, "torch" never."""
-    fits = mean is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
-        and (dy is None or dy.dtype == torch.float32)
+def _kernels(backend: str, x: Tensor, dy: Tensor | None = None, mean=0):
+    """The operators of the BN-act kernels to run — ``torch.ops.effnet`` (C++, "cpu"),
+    ``torch.ops.effnet_train_triton`` ("triton") — or None for the ATen composition ("torch",
+    no BN, and "auto" where no kernel applies). An explicit backend that cannot take these
+    tensors raises."""
+    if mean is None or backend == "torch":
+        return None
+    f32 = x.dtype == torch.float32 and (dy is None or dy.dtype == torch.float32)
     if backend == "cpu":
-        if not fits:
+        if not (f32 and x.device.type == "cpu"):
             raise RuntimeError("training ops backend 'cpu': the C++ kernels take float32 CPU "
                                f"tensors, got {x.dtype} on {x.device}")
-        return True
-    return backend == "auto" and fits and "cpu" in BACKENDS
+        return torch.ops.effnet
+    low = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    if backend == "triton":
+        if not low or not (x.is_cuda or _triton_interpreting()):
+            raise RuntimeError("training ops backend 'triton': the Triton kernels take float32 / "
+                               "float16 / bfloat16 CUDA tensors (CPU ones under "
+                               f"TRITON_INTERPRET=1), got {x.dtype} on {x.device}")
+        return torch.ops.effnet_train_triton
+    if x.is_cuda and low and "triton" in BACKENDS:  # "auto"
+        return torch.ops.effnet_train_triton
+    if x.device.type == "cpu" and f32 and "cpu" in BACKENDS:
+        return torch.ops.effnet
+    return None
+
+
+def _triton_interpreting() -> bool:
+    from .registry import triton_interpreting
+
+    return triton_interpreting()
 
 
 def _prologue_backward(x: Tensor, mean, scale, beta, act: str, gate, dy: Tensor, needs,
                        backend: str = "torch"):
     """Gradients of ``_prologue`` for ``dy`` (compute dtype): (dx, dmean, dscale, dbeta,
-    dgate), each None unless ``needs`` (five bools) asks for it. ``backend`` "cpu" / "auto"
-    (float32 CPU): one pass of the C++ kernel effnet::bn_act_backward."""
-    if _use_kernel(backend, x, dy, mean):
-        dx, dscale, dbeta, dgate = torch.ops.effnet.bn_act_backward(
+    dgate), each None unless ``needs`` (five bools) asks for it; one pass of a bn_act_backward
+    kernel where ``_kernels`` picks one."""
+    ops = _kernels(backend, x, dy, mean)
+    if ops is not None:
+        dx, dscale, dbeta, dgate = ops.bn_act_backward(
             _nhwc(x), _nhwc(dy), mean.float(), scale.float(), beta.float(), act,
             None if gate is None else gate.float())
         return (dx if needs[0] else None,
@@ -223,7 +281,7 @@ def _prologue_backward(x: Tensor, mean, scale, beta, act: str, gate, dy: Tensor,
 # ----------------------------------------------------------------------------- batch_stats
 @torch.library.custom_op(f"{_NS}::batch_stats", mutates_args=(), schema=SCHEMAS["batch_stats"])
 def _batch_stats(z: Tensor, backend: str) -> tuple[Tensor, Tensor]:
-    if _use_kernel(backend, z):
+    if backend in ("cpu", "auto") and _kernels(backend, z) is torch.ops.effnet:
         return torch.ops.effnet.batch_stats(_nhwc(z))
     var, mean = torch.var_mean(_rows(_nhwc(z)).to(_ct(z)), dim=0, correction=0)
     return mean, var

@@ -25,8 +25,9 @@ The stem conv and the classifier are PyTorch's ``F.conv2d`` / ``F.linear``; the 
 (``backend="auto"`` or ``"cpu"``): ``effnet::bn_act_apply`` (BN + activation (+ the SE gate)
 on load, one pass, forward and recomputation), ``effnet::bn_act_backward`` (its backward, one
 pass) and ``effnet::batch_stats``; everything else — the convs and their backward, the SE MLP,
-the pool's mean — is an ATen composition (see ``t.backends``). No Triton or CUDA training
-kernel exists yet: on a GPU every op is the ATen composition (the memory saving holds there).
+the pool's mean — is an ATen composition (see ``t.backends``). On CUDA tensors ``"auto"``
+runs the Triton versions of the two BN-act kernels (``backend="triton"``; tested through the
+interpreter, not yet on a GPU); no CUDA C++ training kernel exists.
 
 BatchNorm (``bn``):
 
@@ -233,16 +234,19 @@ class TrainableEfficientNet(nn.Module):
     def backends(self) -> dict[str, str]:
         """What runs each part of a step on the parameters' device now (float32 there)."""
         dev = self._plan.stem.conv.weight.device.type
-        kernel = self.backend == "cpu" or (self.backend == "auto" and dev == "cpu"
-                                           and "cpu" in train_ops.BACKENDS)
-        return {"bn_act_backward": "cpu (C++ kernel effnet::bn_act_backward, float32)" if kernel
+        be = self.backend
+        if be == "auto":
+            be = ("triton" if dev == "cuda" and "triton" in train_ops.BACKENDS else
+                  "cpu" if dev == "cpu" and "cpu" in train_ops.BACKENDS else "torch")
+        kernel = {"cpu": "cpu (C++ kernel effnet::{}, float32)",
+                  "triton": "triton (kernel effnet_train_triton::{})"}.get(be)
+        return {"bn_act_backward": kernel.format("bn_act_backward") if kernel
                 else "torch (ATen ops)",
                 "convs": "torch (F.conv2d, aten.convolution_backward, matmul)",
-                "batch_stats": "cpu (C++ kernel effnet::batch_stats, float32)" if kernel
+                "batch_stats": "cpu (C++ kernel effnet::batch_stats, float32)" if be == "cpu"
                 else "torch (ATen var_mean)",
                 "bn_act prologue (forward, recomputed in backward)":
-                    "cpu (C++ kernel effnet::bn_act_apply, float32)" if kernel
-                    else "torch (ATen ops)",
+                    kernel.format("bn_act_apply") if kernel else "torch (ATen ops)",
                 "se_gate, pool mean, residual add": "torch (ATen ops)"}
 
 
@@ -383,10 +387,11 @@ def optimize_for_training(model: nn.Module, bn: str = "batch", backend: str = "a
             dropout are the source's). Its parameters and buffers are shared, not copied.
         bn: ``"batch"`` (train-mode BatchNorm, running statistics updated) or ``"frozen"``
             (fixed affine; sets ``requires_grad=False`` on the BN weights and biases).
-        backend: ``"auto"`` (the C++ BN-act backward kernel for float32 CPU tensors, ATen
-            otherwise), ``"cpu"`` (that kernel; other dtypes / devices raise), ``"torch"``
-            (ATen compositions only, any device). "cuda" and "triton" have no training kernels
-            yet and raise ``RuntimeError``.
+        backend: ``"auto"`` (the C++ kernels for float32 CPU tensors, the Triton BN-act
+            kernels for CUDA tensors, ATen otherwise), ``"cpu"`` (the C++ kernels; other dtypes
+            / devices raise), ``"triton"`` (CUDA tensors, or CPU ones under TRITON_INTERPRET=1),
+            ``"torch"`` (ATen compositions only, any device). "cuda" has no training kernels and
+            raises ``RuntimeError``.
         dtype: activation dtype (float32, bfloat16, float16); None: the parameters' dtype, or
             the autocast dtype under ``torch.autocast``.
 
@@ -411,8 +416,11 @@ def optimize_for_training(model: nn.Module, bn: str = "batch", backend: str = "a
     plan = _check_source(_plan_for(model))
     device = plan.stem.conv.weight.device
     if backend == "cpu" and device.type != "cpu":
-        raise RuntimeError(f"backend 'cpu' runs the C++ training kernel on CPU tensors; the model "
-                           f"is on {device} (use 'auto' or 'torch')")
+        raise RuntimeError(f"backend 'cpu' runs the C++ training kernels on CPU tensors; the "
+                           f"model is on {device} (use 'auto' or 'torch')")
+    if backend == "triton" and device.type != "cuda" and not train_ops._triton_interpreting():
+        raise RuntimeError(f"backend 'triton' runs the Triton training kernels on CUDA tensors "
+                           f"(CPU ones only under TRITON_INTERPRET=1); the model is on {device}")
     if bn == "frozen":
         for m in plan.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -199,6 +199,51 @@ def test_bn_act_apply_kernel(n, h, w, act, cpu_isa):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+needs_triton_kernels = pytest.mark.skipif(
+    "triton" not in T.BACKENDS or not T._triton_interpreting(),
+    reason="needs triton (the kernels run through TRITON_INTERPRET=1 on the CPU)")
+
+
+@needs_triton_kernels
+@pytest.mark.parametrize("act", ["silu", "relu6", "relu", "identity"])
+@pytest.mark.parametrize("n,h,w", [(1, 1, 1), (3, 13, 11)])
+def test_triton_kernels(n, h, w, act):
+    """The Triton bn_act_apply / bn_act_backward (interpreter) against float64, with and
+    without the gate; float32 and bfloat16 x."""
+    x = (torch.randn(n, C, h, w) * 3).contiguous(memory_format=CL)
+    dy = torch.randn(n, C, h, w).contiguous(memory_format=CL)
+    m, s, b, gate = torch.randn(C), torch.rand(C) + 0.5, torch.randn(C), torch.rand(n, C)
+    for g in (None, gate):
+        g64 = None if g is None else g.double()
+        want = T._prologue(*(t.double() for t in (x, m, s, b)), act, g64, "torch")
+        torch.testing.assert_close(T._prologue(x, m, s, b, act, g, "triton").double(), want,
+                                   rtol=1e-5, atol=1e-5)
+        got = T._prologue_backward(x, m, s, b, act, g, dy, (True,) * 5, "triton")
+        ref = T._prologue_backward(*(t.double() for t in (x, m, s, b)), act, g64, dy.double(),
+                                   (True,) * 5, "torch")
+        for i, (u, v) in enumerate(zip(got, ref)):
+            assert (u is None) == (v is None), i
+            if u is not None:
+                assert ((u.double() - v).norm() / v.norm()).item() < 1e-5, i
+    xb = x.bfloat16()  # low precision in, float32 math: dx in bfloat16
+    dxb = T._prologue_backward(xb, m, s, b, act, None, dy, (True,) * 5, "triton")[0]
+    ref = T._prologue_backward(xb.double(), m.double(), s.double(), b.double(), act, None,
+                               dy.double(), (True,) * 5, "torch")[0]
+    assert dxb.dtype == torch.bfloat16
+    assert ((dxb.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@needs_triton_kernels
+def test_triton_opcheck():
+    x = torch.randn(3, C, 13, 11).contiguous(memory_format=CL)
+    dy = torch.randn_like(x).contiguous(memory_format=CL)
+    m, s, b, g = torch.randn(C), torch.rand(C), torch.randn(C), torch.rand(3, C)
+    ops = torch.ops.effnet_train_triton
+    for gate in (g, None):
+        torch.library.opcheck(ops.bn_act_apply.default, (x, m, s, b, "silu", gate))
+        torch.library.opcheck(ops.bn_act_backward.default, (x, dy, m, s, b, "relu6", gate))
+
+
 @needs_kernel
 @pytest.mark.parametrize("shape", [(2, C, 1, 1), (3, C, 13, 11), (2, 96, 70, 70)])
 def test_batch_stats_kernel(shape):
@@ -294,3 +339,6 @@ def test_errors():
         T.pwconv(torch.randn(C, 5), torch.randn(4, C))
     with pytest.raises(ValueError, match="backend must be one of"):
         T.bn_act(x, v, v, v, backend="cuda")
+    if "triton" in T.BACKENDS:
+        with pytest.raises(RuntimeError, match="float32 / float16 / bfloat16"):
+            T.bn_act(x.double(), v.double(), v.double(), v.double(), backend="triton")
