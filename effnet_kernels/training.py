@@ -40,7 +40,9 @@ BatchNorm (``bn``):
   biases (they would receive no gradient; DDP and optimizers then skip them).
 
 Dropout and stochastic depth are the source's (same rates, training mode only, the same
-random draws in the same order as the source's forward). ``dtype`` (default: the parameters'
+random draws in the same order as the source's forward for effnet_kernels, torchvision and timm
+sources; efficientnet_pytorch's drop connect draws rand + floor where this draws
+``bernoulli_``: the same distribution, other numbers). ``dtype`` (default: the parameters'
 dtype, or the autocast dtype inside ``torch.autocast``) is the activation dtype; parameters
 stay as they are (bf16 compute over float32 master weights), statistics, BN vectors and the SE
 gate are float32.

@@ -182,6 +182,25 @@ def test_timm_source():
     assert_buffers_equal(eager, src, 1e-9)
 
 
+def test_efficientnet_pytorch_source():
+    """A lukemelas EfficientNet-B0 (static TF "same" padding at its image size): its keys, and
+    a step equal to its own (float64; drop connect off — its draws, rand + floor, are not
+    torch.bernoulli's: same rates, other random numbers)."""
+    lm = pytest.importorskip("efficientnet_pytorch")
+    torch.manual_seed(0)
+    eager = randomize_bn(lm.EfficientNet.from_name(
+        "efficientnet-b0", num_classes=5, image_size=64, drop_connect_rate=0.0,
+        dropout_rate=0.0)).train().double()
+    src = copy.deepcopy(eager)
+    ours = ek.optimize_for_training(src)
+    assert list(ours.state_dict()) == list(src.state_dict())
+    x, target = torch.randn(2, 3, 64, 64, dtype=torch.float64), torch.tensor([1, 3])
+    torch.testing.assert_close(step(ours, x, target), step(eager, x, target), rtol=1e-9,
+                               atol=1e-9)
+    assert_grads_equal(eager, src, 1e-9)
+    assert_buffers_equal(eager, src, 1e-9)
+
+
 def test_eval_uses_running_stats():
     eager, src = pair("efficientnet_b0")
     ours = ek.optimize_for_training(src, bn="batch").eval()
