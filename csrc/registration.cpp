@@ -53,6 +53,18 @@ TORCH_LIBRARY(effnet, m) {
   // float x (any layout) -> int8 clamp(floor(x * inv_scale + 0.5) + zp, -128, 127), channels_last
   // when x is 4-D: the model input into the int8 grid (reference.py::quantize_per_tensor).
   m.def("quantize_per_tensor(Tensor x, float inv_scale, int zp) -> Tensor");
+  // Training (effnet_kernels/train_ops.py): the backward of y = act((x - mean) * scale + beta)
+  // [* gate[n, c]] for channels_last float32 x and dy: (dx, dscale, dbeta, dgate), dscale/dbeta
+  // (C,), dgate (N, C) (an empty (0, 0) tensor without a gate); one pass, nothing stored.
+  m.def(
+      "bn_act_backward(Tensor x, Tensor dy, Tensor mean, Tensor scale, Tensor beta, str act, "
+      "Tensor? gate) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Training: per-channel (mean, biased variance) of a channels_last float32 z over (N, H, W).
+  m.def("batch_stats(Tensor z) -> (Tensor, Tensor)");
+  // Training: y = act((x - mean) * scale + beta) [* gate[n, c]], channels_last float32, one pass.
+  m.def(
+      "bn_act_apply(Tensor x, Tensor mean, Tensor scale, Tensor beta, str act, Tensor? gate) -> "
+      "Tensor");
 }
 
 namespace effnet {

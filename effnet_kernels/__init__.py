@@ -5,6 +5,7 @@
     m = ek.from_torchvision(tv_model)        # ek.from_timm(...), ek.from_efficientnet_pytorch(...)
     m = ek.create_model("efficientnet", phi=1.5)  # a compound-scaled point (or width_mult=...)
     f = ek.optimize(m)                       # frozen fused inference model
+    t = ek.optimize_for_training(m)          # trainable, memory-efficient, over m's parameters
     q = ek.quantize(f, calibration_batches)  # INT8 inference model
     r = ek.scale_to_budget(budget_ms=5)      # the largest model within 5 ms here, measured
     ek.build_info()                          # how the compiled core was built
@@ -41,6 +42,7 @@ from .models import (  # noqa: E402
 from .optimize import optimize  # noqa: E402
 from .quant import load_quantized, quantize  # noqa: E402
 from .scaling import Candidate, ScaleResult, scale_to_budget  # noqa: E402
+from .training import optimize_for_training  # noqa: E402
 
 
 def build_info() -> dict:
@@ -65,7 +67,7 @@ def build_info() -> dict:
 
 __all__ = [
     "build_info", "ops", "reference", "fold_bn", "from_efficientnet_pytorch", "from_timm",
-    "from_torchvision", "optimize", "quantize", "load_quantized", "create_model", "list_models",
-    "scale_to_budget", "ScaleResult", "Candidate",
+    "from_torchvision", "optimize", "optimize_for_training", "quantize", "load_quantized",
+    "create_model", "list_models", "scale_to_budget", "ScaleResult", "Candidate",
     *[f"efficientnet_b{i}" for i in range(8)], *[f"efficientnet_lite{i}" for i in range(5)],
 ]

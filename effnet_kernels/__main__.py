@@ -1,4 +1,4 @@
-"""Command line: ``python -m effnet_kernels {info,demo,bench,predict,scale}``.
+"""Command line: ``python -m effnet_kernels {info,demo,bench,predict,scale,train}``.
 
   info   how the compiled core was built, the devices, and the backends each can use
   demo   classify images with the real pretrained EfficientNet-Lite0 weights (top-5 + timing;
@@ -6,6 +6,7 @@
   bench  benchmark whole models against the baselines (effnet_kernels/bench/)
   predict  batch inference over image files/folders/globs (effnet_kernels/predict.py)
   scale  the largest EfficientNet that fits a latency budget here (effnet_kernels/scaling.py)
+  train  fine-tune on an ImageFolder directory (effnet_kernels/train_cli.py)
 """
 
 from __future__ import annotations
@@ -132,10 +133,12 @@ def main(argv=None) -> int:
     from effnet_kernels.bench.cli import add_parser as add_bench_parser
     from effnet_kernels.predict import add_parser as add_predict_parser
     from effnet_kernels.scaling import add_parser as add_scale_parser
+    from effnet_kernels.train_cli import add_parser as add_train_parser
 
     add_bench_parser(sub)
     add_predict_parser(sub)
     add_scale_parser(sub)
+    add_train_parser(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -422,8 +422,9 @@ def frozen_train(model: nn.Module, mode: bool):
     if mode:
         raise RuntimeError(
             f"{type(model).__name__} is a frozen inference model (BN folded into the convs, "
-            "weights stored as buffers); it cannot be put in training mode. Train the source "
-            "model and call ek.optimize() on it again.")
+            "weights stored as buffers); it cannot be put in training mode. To train, use "
+            "ek.optimize_for_training(source_model) (fused, memory-efficient, over the source's "
+            "own parameters) or the source model itself, then call ek.optimize() on it again.")
     return nn.Module.train(model, False)
 
 

@@ -138,6 +138,8 @@ def load_source(name: str, weights: str | None, padding: str) -> torch.nn.Module
         sd = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot load --weights {weights!r}: {e}") from e
+    # a checkpoint of `effnet-kernels train` says how to rebuild its model (padding, BN eps)
+    arch = sd.get("architecture", {}) if isinstance(sd, dict) else {}
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -145,7 +147,8 @@ def load_source(name: str, weights: str | None, padding: str) -> torch.nn.Module
         raise ValueError(f"--weights {weights!r} holds a {type(sd).__name__}, not a state dict")
     if "stem.conv.weight" in sd:  # effnet_kernels keys
         nc = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else 0
-        m = ek.create_model(name, num_classes=nc, padding_mode=padding)
+        m = ek.create_model(name, num_classes=nc, padding_mode=arch.get("padding_mode", padding),
+                            **{k: arch[k] for k in ("bn_eps", "bn_momentum") if k in arch})
         try:
             m.load_state_dict(sd)
         except RuntimeError as e:

@@ -123,6 +123,10 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--load", default=None,
                    help="print (and --plot) the results of an earlier --json instead of measuring")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the table")
+    p.add_argument("--train", action="store_true",
+                   help="training steps instead: eager vs ek.optimize_for_training (img/s, "
+                        "saved MiB/image, peak MiB; --models, --batch (default 8), "
+                        "--resolution, --rounds (default 3), --threads, --json)")
     return p
 
 
@@ -182,6 +186,10 @@ def _load(path: str) -> dict:
 def cmd_bench(args) -> int:
     """Measure (or ``--load``), print the report, write ``--json`` / ``--plot``. Exit status 1
     when a backend failed."""
+    if args.train:
+        from .train import cmd_train_bench
+
+        return cmd_train_bench(args)
     if args.plot:
         check_matplotlib()  # fail before measuring, not after
     if args.load:
