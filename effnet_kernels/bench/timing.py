@@ -39,6 +39,9 @@ def cuda_event_clock() -> _EventStamp:
     return _EventStamp(ev)
 
 
+CPU_SETTLE_S = 0.05  # idle before each CPU burst (see burst_ms)
+
+
 def burst_ms(fn, x, n: int, device: torch.device) -> float:
     """Milliseconds per call of ``n`` back-to-back calls ``fn(x)``, timed as one interval
     (GPU: CUDA events on the current stream, synchronised at the end; CPU: wall clock)."""
@@ -52,6 +55,11 @@ def burst_ms(fn, x, n: int, device: torch.device) -> float:
         e.record()
         e.synchronize()
         return s.elapsed_time(e) / n
+    # CPU: idle a moment first, so that the previous runner's worker threads, which spin for a
+    # while after each call (ONNX Runtime's pool, OpenMP), are asleep and do not take this
+    # runner's cores: on 2 cores, ours int8 measured 6.1 ms interleaved with ONNX Runtime and
+    # 4.0 ms alone (Lite0, batch 1, 2 threads). The same pause before every runner's burst.
+    time.sleep(CPU_SETTLE_S)
     t0 = time.perf_counter()
     for _ in range(n):
         fn(x)
