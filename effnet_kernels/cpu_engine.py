@@ -243,6 +243,8 @@ class EngineRef:
         self.obj = obj
 
     def __getattr__(self, name: str):
+        if name == "obj":  # unset slot (a copy made without __init__): no recursion
+            raise AttributeError(name)
         return getattr(self.obj, name)
 
 

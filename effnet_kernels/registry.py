@@ -59,7 +59,17 @@ _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 # 46 ms): there "auto" keeps the reference for them (backend="cpu" still runs them). With
 # AVX-512 VNNI (csrc/engine/engine_int8.cpp) the C++ kernels are the fast ones: "auto" = cpu.
 _INT8_OPS = ("dwconv_int8", "pointwise_int8", "quantize_per_tensor")
-_HAS_VNNI = _C is not None and "avx512" in _C.cpu_isas() and _C.cpu_has_int8_vnni()
+def _vnni_active() -> bool:
+    """AVX-512 VNNI here and the AVX-512 level active at import (EFFNET_CPU_ISA)."""
+    if _C is None or not getattr(_C, "cpu_has_int8_vnni", lambda: False)():
+        return False
+    try:
+        return _C.cpu_isa() == "avx512"
+    except ValueError:  # an invalid EFFNET_CPU_ISA: the kernels' first call reports it
+        return False
+
+
+_HAS_VNNI = _vnni_active()
 _AUTO_ORDER_FOR = {} if _HAS_VNNI else {("cpu", op): ("torch", "cpu") for op in _INT8_OPS}
 _SUBSTITUTE = {"cuda": "triton"}  # a model's op without a CUDA C++ kernel runs on Triton
 

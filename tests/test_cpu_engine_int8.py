@@ -150,6 +150,15 @@ def test_changed_quantisation_rebuilds_the_engine():
     assert torch.equal(copy.deepcopy(q)(x), after)
 
 
+def test_exact_mode_switch_takes_effect(b0):
+    x = differing_samples(1, 64, 64, seed=6)
+    b0(x)
+    b0.exact_cpu_engine = False  # no refresh_cpu_engine(): the setter marks the engine stale
+    assert "fast" in b0.cpu_engine
+    b0.exact_cpu_engine = True
+    assert "exact" in b0.cpu_engine and torch.equal(b0(x), _per_op(b0, x))
+
+
 def test_profile_and_describe(b0):
     eng, _ = cpu_engine.build(b0)
     assert "int8" in eng.describe() and "exact" in eng.describe()
@@ -171,5 +180,9 @@ def test_bad_input_and_bad_specs(b0):
         torch.classes.effnet.CpuEngineInt8(t, ints[:-1], floats)
     with pytest.raises(ValueError, match="tensors"):
         torch.classes.effnet.CpuEngineInt8(t[:-1], ints, floats)
+    bad = list(ints)
+    bad[5] = 4  # sigmoid: no int8 kernel has it
+    with pytest.raises(ValueError, match="activation"):
+        torch.classes.effnet.CpuEngineInt8(t, bad, floats)
     with pytest.raises(ValueError, match="float32 or int8"):
         torch.classes.effnet.CpuEngineInt8([t[0].double(), *t[1:]], ints, floats)

@@ -136,3 +136,20 @@ def test_gate_rounding_edges(vnni):
     fast = vnni("avx512", torch.ops.effnet.pointwise_int8, *args, False)
     assert torch.equal(fast, reference.pointwise_int8(*args, False))
     assert torch.equal(fast, vnni("baseline", torch.ops.effnet.pointwise_int8, *args, False))
+
+
+def test_quantize_per_tensor_vnni_exact(vnni):
+    """The vectorised float32 quantise is the scalar one, ties, clamps, NaN and inf included."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 37, 13, 11, generator=g) * 4
+    x.view(-1)[:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5 / 30,
+                                   -1.5 / 30, 1e30])
+    x = x.contiguous(memory_format=CL)
+    op = torch.ops.effnet.quantize_per_tensor
+    for inv, zp in [(30.0, -3), (7.0, 127), (1.0, -128)]:
+        fast = vnni("avx512", op, x, inv, zp)
+        assert torch.equal(fast, vnni("baseline", op, x, inv, zp))
+        ok = ~x.isnan()  # NaN: the kernels give -128 (cpu_int8.h), the reference 0
+        assert torch.equal(fast[ok], reference.quantize_per_tensor(x, inv, zp)[ok])
+    odd = torch.randn(1001, generator=g)  # not 4-D, a tail of 9
+    assert torch.equal(vnni("avx512", op, odd, 5.0, 1), vnni("baseline", op, odd, 5.0, 1))

@@ -105,8 +105,6 @@ std::tuple<at::Tensor, at::Tensor> dwconv_int8_cpu(const at::Tensor& x, const at
                                             out_inv_scale, out_zp);
   const Act a = parse_act(act);
   const auto f32 = x.options().dtype(at::kFloat);
-  // [k*k][C] int16 weights: each tap a contiguous channel row.
-  const at::Tensor wt = weight.reshape({s.C, s.k * s.k}).t().to(at::kShort).contiguous();
   const at::Tensor sc = scale.contiguous();
   const at::Tensor b = bias.contiguous();
   at::Tensor y = at::empty({s.N, s.C, s.Ho, s.Wo},
@@ -125,6 +123,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv_int8_cpu(const at::Tensor& x, const at
       engine::int8_kernels_supported()) {
     dwconv_int8_avx512(s, a, xp, weight, sc, b, y.mutable_data_ptr<int8_t>(), pp);
   } else {
+  // [k*k][C] int16 weights: each tap a contiguous channel row.
+  const at::Tensor wt = weight.reshape({s.C, s.k * s.k}).t().to(at::kShort).contiguous();
   const int16_t* wp = wt.const_data_ptr<int16_t>();
   const float* sp = sc.const_data_ptr<float>();
   const float* bp = b.const_data_ptr<float>();

@@ -151,6 +151,9 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
                         x.scalar_type());
       return x.contiguous();
     };
+    for (size_t j : {size_t{2}, size_t{5}})  // the int8 kernels' acts: identity..silu
+      TORCH_CHECK_VALUE(ints[j] >= 0 && ints[j] <= 3, "CpuEngineInt8: bad activation code ",
+                        ints[j]);
     stem_act_ = act_from(ints[2]);
     stem_q_ = ints[3] != 0;
     stem_zp_ = static_cast<int32_t>(ints[4]);
@@ -185,6 +188,12 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
         at::Tensor w = next(), sc = next();
         B.expand = make_qlinear(w, sc, next(), qact(v[0]), v[1], v[2], e_inv, "expand");
       }
+      for (int j : {0, 3})
+        TORCH_CHECK_VALUE(v[j] >= 0 && v[j] <= 3, "CpuEngineInt8: bad activation code ", v[j]);
+      TORCH_CHECK_VALUE(i != 0 || stem_q_ || B.dw_float, "CpuEngineInt8: a float stem output "
+                        "needs the first block's float depthwise");
+      TORCH_CHECK_VALUE(!(B.dw_float && B.residual),
+                        "CpuEngineInt8: no residual around the float depthwise");
       B.dw_act = B.dw_float ? act_from(v[3]) : qact(v[3]);
       B.dw_in_zp = static_cast<int32_t>(v[4]), B.dw_out_zp = static_cast<int32_t>(v[5]);
       B.dw_inv = static_cast<float>(d_inv);
@@ -213,7 +222,9 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
         B.w1 = next_f(at::kFloat, "an SE weight"), B.b1 = next_f(at::kFloat, "an SE bias");
         B.w2 = next_f(at::kFloat, "an SE weight"), B.b2 = next_f(at::kFloat, "an SE bias");
         TORCH_CHECK_VALUE(B.w1.dim() == 2 && B.w1.size(1) == B.C && B.w2.dim() == 2 &&
-                              B.w2.size(0) == B.C,
+                              B.w2.size(0) == B.C && B.w2.size(1) == B.w1.size(0) &&
+                              B.b1.dim() == 1 && B.b1.size(0) == B.w1.size(0) &&
+                              B.b2.dim() == 1 && B.b2.size(0) == B.C,
                           "CpuEngineInt8: block ", i, ": SE widths do not match");
       }
       {

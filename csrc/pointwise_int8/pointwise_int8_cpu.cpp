@@ -166,7 +166,6 @@ at::Tensor pointwise_int8_cpu(const at::Tensor& x, const at::Tensor& weight,
   const Act act_id = parse_act(act);
   const auto f32 = x.options().dtype(at::kFloat);
   const int64_t HW = s.H * s.W;
-  const at::Tensor w16 = weight.reshape({s.Cout, s.Cin}).to(at::kShort).contiguous();
   const at::Tensor sc = scale.contiguous();
   const at::Tensor b = bias.contiguous();
   const at::Tensor g = gate.has_value() ? gate->contiguous() : at::Tensor();
@@ -177,6 +176,7 @@ at::Tensor pointwise_int8_cpu(const at::Tensor& x, const at::Tensor& weight,
   if (cpu::active_isa() == cpu::Isa::AVX512 && engine::int8_kernels_supported()) {
     return pointwise_int8_vnni(s, x, weight, scale, bias, act_id, gate, residual, pool_only, out);
   }
+  const at::Tensor w16 = weight.reshape({s.Cout, s.Cin}).to(at::kShort).contiguous();
   const int64_t chunks = (HW + kChunk - 1) / kChunk;  // per sample
   const int64_t units = s.N * chunks;
   at::Tensor partial = pool_only ? at::empty({units, s.Cout}, f32) : at::Tensor();

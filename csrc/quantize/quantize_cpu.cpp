@@ -6,8 +6,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../common/cpu_int8.h"
+#include "../common/cpu_isa.h"
+#include "../engine/engine_int8.h"
 #include "quantize.h"
+#include "../common/cpu_int8.h"  // last: switches FP contraction off (see there)
 
 namespace effnet {
 
@@ -20,6 +22,14 @@ at::Tensor quantize_per_tensor_cpu(const at::Tensor& x, double inv_scale, int64_
   if (n == 0) return q;
   const float zp_f = static_cast<float>(zp);
   int8_t* qp = q.mutable_data_ptr<int8_t>();
+  if (x.scalar_type() == at::kFloat && cpu::active_isa() == cpu::Isa::AVX512 &&
+      engine::int8_kernels_supported()) {  // the same steps, 16 values at a time (exact)
+    const float* xp = xc.const_data_ptr<float>();
+    at::parallel_for(0, n, 32768, [&](int64_t i0, int64_t i1) {
+      engine::quantize_f32(xp + i0, i1 - i0, inv, zp_f, false, qp + i0);
+    });
+    return q;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "quantize_per_tensor_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();

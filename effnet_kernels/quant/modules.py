@@ -248,6 +248,15 @@ class QuantizedEfficientNet(FusedEfficientNet):
         self.exact_cpu_engine = False
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
+    @property
+    def exact_cpu_engine(self) -> bool:
+        return self.__dict__.get("_exact_cpu_engine", False)
+
+    @exact_cpu_engine.setter
+    def exact_cpu_engine(self, value: bool) -> None:
+        self.__dict__["_exact_cpu_engine"] = bool(value)
+        self._cpu_engine_stale = True  # rebuilt in the new mode at the next forward
+
     def fused_blocks(self) -> list[QuantizedMBConv]:  # type: ignore[override]
         return [m for m in self.blocks.modules() if isinstance(m, QuantizedMBConv)]
 
