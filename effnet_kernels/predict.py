@@ -335,6 +335,9 @@ def run(args) -> int:
         if rank == 0:
             rows = [r for p in parts for r in p[0]]
             errors = [e for p in parts for e in p[1]]
+        # every rank past the gather before any tears its gloo pairs down: a rank that destroyed
+        # the group while a peer's transfer was in flight died with "terminate called" (seen in CI)
+        dist.barrier()
         dist.destroy_process_group()
         if rank != 0:
             return 0

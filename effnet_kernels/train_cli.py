@@ -261,6 +261,7 @@ def run(args) -> int:
     if rank == 0:
         print(f"train: checkpoint {ckpt}")
     if dist is not None:
+        dist.barrier()  # no rank tears the group down while a peer still talks to it
         dist.destroy_process_group()
     return 0
 
