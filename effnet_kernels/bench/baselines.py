@@ -307,6 +307,10 @@ def _openvino(ctx: BuildContext) -> Runner:
     note = f"OpenVINO {ov.__version__.split('-')[0]}, CPU, " + ", ".join(
         f"{k}={getattr(v, 'to_string', lambda v=v: v)()}" for k, v in got.items()) + \
         "; fp32 input"
+    ran = str(getattr(got["INFERENCE_PRECISION_HINT"], "to_string", lambda: got[
+        "INFERENCE_PRECISION_HINT"])())
+    if ran != OPENVINO_PRECISION[ctx.dtype]:  # e.g. bf16 on a CPU without AVX512_BF16 / AMX
+        note += f" (asked {OPENVINO_PRECISION[ctx.dtype]}: this CPU runs {ran})"
     return Runner(lambda inp: req.infer({0: inp}), ctx.x.cpu().numpy(), 2, note)
 
 
