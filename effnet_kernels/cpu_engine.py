@@ -1,17 +1,20 @@
 """The CPU engine: a :class:`~effnet_kernels.optimize.FusedEfficientNet` forward as one C++ call.
 
 ``torch.classes.effnet.CpuEngine`` (``csrc/engine/``) holds the model's folded weights prepacked
-for its AVX-512 microkernels (1×1 convs as register-blocked GEMMs with bias / act / residual
+for its AVX-512 or AVX2 microkernels (1×1 convs as register-blocked GEMMs with bias / act / residual
 fused; NHWC depthwise conv with the SE squeeze; bfloat16 GEMMs on AMX tiles where the CPU has
 AMX-BF16, else AVX512_BF16 ``vdpbf16ps``, float32 accumulation either way) and runs stem →
 blocks → head → classifier on a workspace it keeps per input shape: no Python and no dispatcher
 call per layer. Layers are spread over ATen's threads (``torch.set_num_threads``).
 
 :func:`attach` builds it for an optimized model when it can (CPU, float32 or bfloat16, requested
-backend ``"auto"`` or ``"cpu"``, a CPU with AVX-512 — and AVX512_BF16 for bfloat16 — and the
-active ISA level ``"avx512"``); the model's forward then calls it for plain CPU inputs and runs
-the per-op path otherwise (hooks on its modules, ``torch.compile`` / ``torch.export`` tracing,
-another ISA level chosen through ``EFFNET_CPU_ISA`` / ``set_cpu_isa``, empty inputs).
+backend ``"auto"`` or ``"cpu"``, kernels for the active CPU ISA level: ``"avx512"`` runs the
+AVX-512 kernels — bfloat16 also needs AVX512_BF16 —, ``"avx2"`` the AVX2 + FMA ones, float32
+only; the INT8 engine needs ``"avx512"`` and VNNI); the model's forward then calls it for plain
+CPU inputs and runs the per-op path otherwise (hooks on its modules, ``torch.compile`` /
+``torch.export`` tracing, the ``"baseline"`` level, empty inputs). The level is
+``EFFNET_CPU_ISA`` / ``set_cpu_isa``'s (by default the best this CPU runs); the engine is
+rebuilt when it changes.
 ``model.cpu_engine`` says which is in use; ``model.use_cpu_engine = False`` turns it off.
 
 The engine copies the weights when it is built; the model rebuilds it when any of its buffers
@@ -292,6 +295,8 @@ def _dispatch_mode():
     return _get_current_dispatch_mode()
 
 
-def isa_allows() -> bool:
-    """True while the active CPU ISA level is AVX-512 (EFFNET_CPU_ISA / set_cpu_isa)."""
-    return registry._C.cpu_isa() == "avx512"
+def active_isa() -> str | None:
+    """The active CPU ISA level (EFFNET_CPU_ISA / set_cpu_isa): an engine is built for it
+    (the float engine's AVX-512 or AVX2 kernels, the INT8 engine's AVX-512 VNNI ones) and
+    rebuilt when it changes. None without the extension."""
+    return registry._C.cpu_isa() if registry._C is not None else None

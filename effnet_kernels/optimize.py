@@ -242,6 +242,7 @@ class FusedEfficientNet(nn.Module):
         self._cpu_engine_reason: str | None = None
         self._cpu_engine_stale = True
         self._cpu_engine_key: cpu_engine.Snapshot | None = None
+        self._cpu_engine_isa: str | None = None  # the CPU ISA level it was built (or refused) at
         self.register_load_state_dict_post_hook(_engine_stale_hook)
 
     def _apply(self, fn, recurse: bool = True):
@@ -315,7 +316,7 @@ class FusedEfficientNet(nn.Module):
     @property
     def cpu_engine(self) -> str:
         """Which CPU forward runs: the engine's description, or why the per-op path runs."""
-        if self._cpu_engine_stale:
+        if self._cpu_engine_stale or cpu_engine.active_isa() != self._cpu_engine_isa:
             self.refresh_cpu_engine()
         if not self.use_cpu_engine:
             return "off (use_cpu_engine=False): per-op path"
@@ -329,19 +330,21 @@ class FusedEfficientNet(nn.Module):
         self._cpu_engine, self._cpu_engine_reason = cpu_engine.build(self)
         self._cpu_engine_stale = False
         self._cpu_engine_key = cpu_engine.Snapshot(self)
+        self._cpu_engine_isa = cpu_engine.active_isa()
 
     def _engine_for(self, x):
         """The engine when this forward can run on it: plain CPU float input outside tracing
-        and dispatch modes, no hooks, the AVX-512 ISA level active, buffers unchanged since it
-        was built (else it is rebuilt); otherwise None (the per-op path, which also raises the
+        and dispatch modes, no hooks, buffers and the CPU ISA level unchanged since it was
+        built (else it is rebuilt); otherwise None (the per-op path, which also raises the
         input errors)."""
         if not (self.use_cpu_engine and cpu_engine.uses_engine(x)):
             return None
-        if self._cpu_engine_stale or self._cpu_engine_key.changed():
+        if self._cpu_engine_stale or self._cpu_engine_key.changed() \
+                or cpu_engine.active_isa() != self._cpu_engine_isa:  # (set_cpu_isa since)
             self.refresh_cpu_engine()
         eng = self._cpu_engine
         if eng is None or x.shape[1] != self.stem.weight.shape[1] \
-                or self._cpu_engine_key.hooked() or not cpu_engine.isa_allows():
+                or self._cpu_engine_key.hooked():
             return None
         return eng
 
@@ -402,6 +405,7 @@ class FusedEfficientNet(nn.Module):
         state.setdefault("use_cpu_engine", True)
         state.setdefault("_cpu_engine_reason", None)
         state["_cpu_engine"], state["_cpu_engine_stale"], state["_cpu_engine_key"] = None, True, None
+        state["_cpu_engine_isa"] = None
         super().__setstate__(state)
 
 

@@ -25,9 +25,12 @@ from test_optimize import make_ek
 
 _C = ops._C
 HAS_AVX512 = _C is not None and "avx512" in _C.cpu_isas()
+# The float engine's kernel builds this CPU runs (AVX-512; AVX2 + FMA, float32 only): the fp32
+# tests run under each in turn (set_cpu_isa), so an AVX-512 machine also tests the AVX2 build.
+ENGINE_ISAS = [i for i in ("avx512", "avx2") if _C is not None and i in _C.cpu_isas()]
 needs_engine = pytest.mark.skipif(
-    _C is None or not HAS_AVX512 or not hasattr(torch.classes.effnet, "CpuEngine"),
-    reason="the CPU engine needs the extension and an AVX-512 CPU")
+    _C is None or not ENGINE_ISAS or not hasattr(torch.classes.effnet, "CpuEngine"),
+    reason="the CPU engine needs the extension and an AVX-512 or AVX2 CPU")
 _CPU_FLAGS = open("/proc/cpuinfo").read() if HAS_AVX512 else ""
 HAS_BF16 = "avx512_bf16" in _CPU_FLAGS
 HAS_AMX = HAS_BF16 and "amx_bf16" in _CPU_FLAGS and "amx_tile" in _CPU_FLAGS
@@ -36,6 +39,20 @@ needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512_BF1
 BF16_PATHS = ["avx512_bf16"] + (["amx"] if HAS_AMX else [])
 
 pytestmark = [needs_ext, needs_engine]
+
+
+@pytest.fixture(params=ENGINE_ISAS or [None])
+def engine_isa(request):
+    """Runs the test with the CPU ISA level set to each engine build in turn (then restored);
+    models built inside the test get that build's engine."""
+    if request.param is None:
+        pytest.skip("no engine build for this CPU")
+    prev = _C.cpu_isa()
+    _C.set_cpu_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _C.set_cpu_isa(prev)
 
 
 # ------------------------------------------------------------------------ float64 reference
@@ -122,6 +139,7 @@ def _odd_model(act="silu", se=True, padding="symmetric", classes=37, seed=0,
 def _engine_out(f, x, fuse_bytes=None, poison=True, amx=None):
     eng, why = cpu_engine.build(f)
     assert eng is not None, why
+    assert eng.isa() == _C.cpu_isa() or (eng.isa() == "avx2" and f.dtype == torch.float32)
     if fuse_bytes is not None:
         eng.set_fuse_bytes(fuse_bytes)
     if amx is not None:
@@ -139,7 +157,7 @@ def _engine_out(f, x, fuse_bytes=None, poison=True, amx=None):
                                             ("relu", True, "same")])
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (3, 3, 13, 11), (1, 3, 35, 29), (3, 3, 8, 9)])
 @pytest.mark.parametrize("generic", [False, True])
-def test_odd_shapes_fp32(fuse, act, se, padding, shape, generic):
+def test_odd_shapes_fp32(fuse, act, se, padding, shape, generic, engine_isa):
     f = _odd_model(act, se, padding, generic=generic)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     out = _engine_out(f, x, 0 if fuse == "fused" else 1 << 62)
@@ -172,12 +190,12 @@ def test_odd_shapes_bf16(path, fuse, shape, se):
     ("efficientnet_lite0", (64, 64), {}),
     ("efficientnet_b0", (33, 31), {"padding_mode": "same", "bn_eps": 1e-3}),
 ])
-def test_whole_models_match_source_float64(name, res, kw):
+def test_whole_models_match_source_float64(name, res, kw, engine_isa):
     torch.manual_seed(0)
     from test_optimize import randomize
     m = randomize(ek.create_model(name, **kw), 0).eval()
     f = ek.optimize(m)
-    assert f.cpu_engine.startswith("CpuEngine(float32")
+    assert f.cpu_engine.startswith(f"CpuEngine(float32, {engine_isa}")
     x = torch.randn(3, 3, *res)
     with torch.no_grad():
         ref = m.double()(x.double())
@@ -201,7 +219,7 @@ def test_bf16_model_against_fp32(path):
     assert rel_err(out, ref) <= 2e-2, rel_err(out, ref)
 
 
-def test_results_do_not_depend_on_threads_or_batch():
+def test_results_do_not_depend_on_threads_or_batch(engine_isa):
     f = ek.optimize(make_ek("efficientnet_b0"))
     x = torch.randn(3, 3, 50, 46)
     old = torch.get_num_threads()
@@ -260,16 +278,25 @@ def test_when_the_engine_runs_and_when_not():
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         assert f(mode.from_tensor(x)).shape == (1, 1000)
     assert _engine_calls(f, x) == 1  # and the engine still works afterwards
-    # a lower ISA level: the per-op path (its AVX2 / baseline builds)
+    # the ISA level: AVX2 runs the AVX2 engine (rebuilt when the level changes), baseline the
+    # per-op path (its baseline builds)
     old = _C.cpu_isa()
     try:
-        for isa in ("avx2", "baseline"):
+        for isa in [i for i in ("avx2", "baseline") if i in _C.cpu_isas()]:
             _C.set_cpu_isa(isa)
-            assert _engine_calls(f, x) == 0
             f.use_cpu_engine = False
             ref = f(x)
             f.use_cpu_engine = True
-            assert torch.equal(f(x), ref)
+            if isa == "avx2":
+                assert f.cpu_engine.startswith("CpuEngine(float32, avx2")
+                assert _engine_calls(f, x) == 1
+                assert rel_err(f(x), ref) <= 1e-5
+            else:
+                assert f.cpu_engine.startswith("off (") and "'baseline'" in f.cpu_engine
+                assert _engine_calls(f, x) == 0
+                assert torch.equal(f(x), ref)
+        _C.set_cpu_isa(old)  # back: that level's engine again
+        assert _engine_calls(f, x) == 1 and f.cpu_engine.startswith(f"CpuEngine(float32, {old}")
     finally:
         _C.set_cpu_isa(old)
     # the reference backend never uses the engine
@@ -289,9 +316,11 @@ def test_models_the_engine_refuses_run_per_op():
     """What the engine cannot run is declined with a reason, never crashed on."""
     x = torch.randn(2, 3, 35, 29)
     # bf16 with odd widths (vdpbf16ps pairs channels): declined at build
+    # (or, on a CPU without AVX512_BF16, for that)
     f = _odd_model("silu", True, "same", dtype=torch.bfloat16, even=False)
     assert f.cpu_engine.startswith("off (CpuEngine: stem: bfloat16 needs an even") or \
-        "even number" in f.cpu_engine, f.cpu_engine
+        "even number" in f.cpu_engine or (not HAS_BF16 and "needs AVX-512 with AVX512_BF16"
+                                          in f.cpu_engine), f.cpu_engine
     assert _engine_calls(f, x) == 0 and not torch.isnan(f(x)).any()
     # a projection with an activation, a buffer of another dtype
     f = _odd_model()

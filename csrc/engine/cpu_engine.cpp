@@ -16,7 +16,8 @@
 // are the fused pass's row rings and the stem's im2col rows, per thread. Each layer is
 // spread over at::parallel_for (so torch.set_num_threads is respected, and nothing else runs
 // threads at the same time). float32, or bfloat16 activations/weights with float32
-// accumulation (the SE FCs stay float32). Needs AVX-512 (bf16: AVX512_BF16).
+// accumulation (the SE FCs stay float32). Needs AVX-512 (bf16: AVX512_BF16), or for float32
+// AVX2 + FMA (engine_kernels_avx2.cpp), whichever the active CPU ISA level allows.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -32,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/cpu_isa.h"
 #include "engine_kernels.h"
 #include "engine_util.h"
 
@@ -80,8 +82,9 @@ bool amx_default() {
 }
 
 // Runs a whole GEMM over ATen's threads; bfloat16 GEMMs of >= 16 rows on AMX when `amx`.
-void run_gemm(GemmArgs g, bool amx) {
+void run_gemm(GemmArgs g, bool amx, bool avx2) {
   g.amx = amx && g.b_dt == DT::BF16 && g.M >= 16;
+  g.avx2 = avx2;
   const int64_t tiles = gemm_tiles(g);
   // ~8 x 32 x K MACs a tile; below ~64 K MACs of work a chunk is not worth a thread.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(256 * g.K, 1));
@@ -113,8 +116,20 @@ class CpuEngine : public torch::CustomClassHolder {
                             x.has_storage(),
                         "CpuEngine: every weight must be a CPU float tensor");
     const bool bf16 = ints[1] == 1;
-    TORCH_CHECK(kernels_supported(bf16), "CpuEngine: this CPU lacks AVX-512",
-                bf16 ? " with AVX512_BF16" : "", "; use the per-op CPU kernels");
+    // The kernels for the active CPU ISA level (EFFNET_CPU_ISA / set_cpu_isa; the best this CPU
+    // runs by default): AVX-512 (bfloat16: with AVX512_BF16), else AVX2 + FMA for float32.
+    const cpu::Isa isa = cpu::active_isa();
+    if (isa == cpu::Isa::AVX512 && kernels_supported(bf16)) {
+      avx2_ = false;
+    } else if (!bf16 && isa >= cpu::Isa::AVX2 && avx2::supported()) {
+      avx2_ = true;
+    } else {
+      TORCH_CHECK(false, "CpuEngine: ", bf16 ? "bfloat16 needs AVX-512 with AVX512_BF16"
+                                             : "float32 needs AVX2 + FMA",
+                  " (active CPU ISA level '", cpu::isa_name(isa),
+                  "'); use the per-op CPU kernels");
+    }
+    if (avx2_) amx_ = false;
     dt_ = bf16 ? DT::BF16 : DT::F32;
     const int64_t nblocks = ints[2];
     TORCH_CHECK_VALUE(nblocks >= 0 && ints.size() == 12 + static_cast<size_t>(nblocks) * 13,
@@ -237,6 +252,7 @@ class CpuEngine : public torch::CustomClassHolder {
       d.OH = sh.oh, d.OW = sh.ow, d.k = B.dw.geo.k, d.s = B.dw.geo.s, d.pt = sh.pt, d.pl = sh.pl;
       d.w = B.dw.w.data_ptr<float>(), d.bias = B.dw.bias.data_ptr<float>(), d.act = B.dw.act;
       d.psum = B.has_se ? psum : nullptr;
+      d.avx2 = avx2_;
       const bool big = h * w * B.dw.C * 4 >= fuse_bytes_;  // the fused ring is float32
       if (big && (B.has_expand || !B.has_se)) {
         // expand + depthwise (+ project when there is no SE) in one pass over output rows
@@ -253,7 +269,7 @@ class CpuEngine : public torch::CustomClassHolder {
           g.b = B.expand.packed.data_ptr(), g.b_dt = dt_;
           g.bias = B.expand.bias.data_ptr<float>();
           g.y = e1, g.ldy = B.expand.N, g.y_dt = dt_, g.act = B.expand.act;
-          run_gemm(g, amx_);
+          run_gemm(g, amx_, avx2_);
           d.x = e1;
           mark("expand", bi);
         }
@@ -269,17 +285,17 @@ class CpuEngine : public torch::CustomClassHolder {
       pj.b_dt = dt_, pj.bias = B.project.bias.data_ptr<float>(), pj.ldy = pj.N, pj.y_dt = dt_;
       pj.act = EAct::Identity;
       if (B.has_se) {
-        pool_rows(psum, N, sh.oh, C, Cp, static_cast<float>(hw), pooled, Cp);
+        pool_rows(psum, N, sh.oh, C, Cp, static_cast<float>(hw), pooled, Cp, avx2_);
         GemmArgs f1;
         f1.M = N, f1.K = C, f1.N = B.fc1.N, f1.a = pooled, f1.lda = Cp;
         f1.b = B.fc1.packed.data_ptr(), f1.b_dt = DT::F32, f1.bias = B.fc1.bias.data_ptr<float>();
         f1.y = s1, f1.ldy = round16(B.fc1.N), f1.y_dt = DT::F32, f1.act = B.fc1.act;
-        run_gemm(f1, amx_);
+        run_gemm(f1, amx_, avx2_);
         GemmArgs f2;
         f2.M = N, f2.K = B.fc1.N, f2.N = C, f2.a = s1, f2.lda = round16(B.fc1.N);
         f2.b = B.fc2.packed.data_ptr(), f2.b_dt = DT::F32, f2.bias = B.fc2.bias.data_ptr<float>();
         f2.y = gate, f2.ldy = Cp, f2.y_dt = DT::F32, f2.act = EAct::Sigmoid;
-        run_gemm(f2, amx_);
+        run_gemm(f2, amx_, avx2_);
         mark("se", bi);
         const bool fold = dt_ == DT::F32 && hw > round16(pj.N);
         if (fold) {  // per sample: the gate scales that sample's packed weights
@@ -290,12 +306,12 @@ class CpuEngine : public torch::CustomClassHolder {
                      [&](int64_t b, int64_t e) {
                        for (int64_t q = b; q < e; ++q)
                          fold_gate(B.project.packed.data_ptr<float>() + q * C * 16, C, 16,
-                                   gate + n * Cp, fw + q * C * 16);
+                                   gate + n * Cp, fw + q * C * 16, avx2_);
                      });
             GemmArgs g = pj;
             g.M = hw, g.a = e2 + n * hw * C * es, g.b = fw, g.y = out + n * hw * pj.N * es;
             if (B.residual) g.res = in + n * hw * pj.N * es, g.ldr = pj.N;
-            run_gemm(g, amx_);
+            run_gemm(g, amx_, avx2_);
           }
           mark("project_folded", bi);
           cur = 1 - cur, h = sh.oh, w = sh.ow;
@@ -305,14 +321,15 @@ class CpuEngine : public torch::CustomClassHolder {
         parallel(N * sh.oh, std::max<int64_t>(1, 16384 / std::max<int64_t>(sh.ow * C, 1)),
                  [&](int64_t b, int64_t e) {
                    for (int64_t r = b; r < e; ++r)
-                     scale_rows(e2 + r * sh.ow * C * es, dt_, sh.ow, C, gate + r / sh.oh * Cp);
+                     scale_rows(e2 + r * sh.ow * C * es, dt_, sh.ow, C, gate + r / sh.oh * Cp,
+                                avx2_);
                  });
         mark("gate", bi);
       }
       GemmArgs g = pj;
       g.M = rows_out, g.a = e2, g.y = out;
       if (B.residual) g.res = in, g.ldr = pj.N;
-      run_gemm(g, amx_);
+      run_gemm(g, amx_, avx2_);
       mark("project", bi);
       cur = 1 - cur, h = sh.oh, w = sh.ow;
     }
@@ -324,9 +341,9 @@ class CpuEngine : public torch::CustomClassHolder {
       g.M = N * hw, g.K = head_.K, g.N = head_.N, g.a = bufs[cur], g.lda = head_.K;
       g.b = head_.packed.data_ptr(), g.b_dt = dt_, g.bias = head_.bias.data_ptr<float>();
       g.y = hs, g.ldy = round16(head_.N), g.y_dt = DT::F32, g.act = head_.act;
-      run_gemm(g, amx_);
+      run_gemm(g, amx_, avx2_);
       const int64_t ldh = round16(head_.N);
-      pool_rows(hs, N, hw, head_.N, ldh, static_cast<float>(hw), pooled, ldh);
+      pool_rows(hs, N, hw, head_.N, ldh, static_cast<float>(hw), pooled, ldh, avx2_);
       mark("head");
       GemmArgs c;
       c.M = N, c.K = cls_.K, c.N = cls_.N, c.lda = ldh;
@@ -339,7 +356,7 @@ class CpuEngine : public torch::CustomClassHolder {
       }
       c.b = cls_.packed.data_ptr(), c.b_dt = dt_, c.bias = cls_.bias.data_ptr<float>();
       c.y = logits.data_ptr<float>(), c.ldy = cls_.N, c.y_dt = DT::F32;
-      run_gemm(c, amx_);
+      run_gemm(c, amx_, avx2_);
       mark("classifier");
     }
     return dt_ == DT::F32 ? logits : logits.to(sdt);
@@ -351,7 +368,8 @@ class CpuEngine : public torch::CustomClassHolder {
   // bfloat16 GEMMs on AMX (true: needs amx_supported(), else ValueError); returns the old.
   bool set_amx(bool on) {
     std::lock_guard<std::mutex> lock(mu_);
-    TORCH_CHECK_VALUE(!on || amx_supported(), "CpuEngine: this CPU (or kernel) has no AMX-BF16");
+    TORCH_CHECK_VALUE(!on || (amx_supported() && !avx2_),
+                      "CpuEngine: this CPU (or kernel) has no AMX-BF16", avx2_ ? " (AVX2 engine)" : "");
     const bool old = amx_;
     amx_ = on;
     return old;
@@ -391,7 +409,7 @@ class CpuEngine : public torch::CustomClassHolder {
 
   std::string describe() const {
     std::ostringstream os;
-    os << "CpuEngine(" << (dt_ == DT::F32 ? "float32" : "bfloat16") << ", avx512"
+    os << "CpuEngine(" << (dt_ == DT::F32 ? "float32" : "bfloat16") << ", " << isa()
        << (dt_ == DT::BF16 && amx_ ? "+amx" : "") << ", "
        << blocks_.size() << " blocks)";
     return os.str();
@@ -471,6 +489,7 @@ class CpuEngine : public torch::CustomClassHolder {
           g.bias = B.expand.bias.data_ptr<float>();
           g.y = slot, g.ldy = C, g.y_dt = DT::F32, g.act = B.expand.act;
           g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
+          g.avx2 = avx2_;
           gemm_range(g, 0, gemm_tiles(g));
         }
         return slot;
@@ -490,6 +509,7 @@ class CpuEngine : public torch::CustomClassHolder {
         g.y = out + o, g.ldy = B.project.N, g.y_dt = dt_, g.act = EAct::Identity;
         if (B.residual) g.res = in + o, g.ldr = B.project.N;
         g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
+        g.avx2 = avx2_;
         gemm_range(g, 0, gemm_tiles(g));
       });
     });
@@ -517,6 +537,7 @@ class CpuEngine : public torch::CustomClassHolder {
         g.b = stem_.packed.data_ptr(), g.b_dt = dt_, g.bias = stem_.bias.data_ptr<float>();
         g.y = out + (row * OW * stem_.N) * es, g.ldy = stem_.N, g.y_dt = dt_, g.act = stem_.act;
         g.amx = amx_ && g.b_dt == DT::BF16 && g.M >= 16;
+        g.avx2 = avx2_;
         gemm_range(g, 0, gemm_tiles(g));
       }
     });
@@ -524,7 +545,13 @@ class CpuEngine : public torch::CustomClassHolder {
 
   void mark(const char* what, int64_t index = -1) { prof_.mark(what, index); }
 
+ public:
+  // The kernels' ISA level, chosen at construction: "avx512" or "avx2".
+  std::string isa() const { return avx2_ ? "avx2" : "avx512"; }
+
+ private:
   Profile prof_;
+  bool avx2_ = false;
   int64_t fuse_bytes_ = kFuseBytes;
   bool amx_ = amx_default();
   DT dt_ = DT::F32;

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "../bias_act/bias_act.h"
+#include "../common/cpu_isa.h"
 #include "../dwconv/dwconv.h"
 #include "../se/se.h"
 #include "engine_int8.h"
@@ -127,6 +128,8 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
                         "CpuEngineInt8: every weight must be a CPU float32 or int8 tensor");
     TORCH_CHECK(int8_kernels_supported(),
                 "CpuEngineInt8: this CPU lacks AVX-512 VNNI; use the per-op CPU kernels");
+    TORCH_CHECK(cpu::active_isa() == cpu::Isa::AVX512, "CpuEngineInt8: the active CPU ISA level is '",
+                cpu::isa_name(cpu::active_isa()), "' (the engine's kernels are AVX-512 VNNI)");
     const int64_t nblocks = ints[1];
     TORCH_CHECK_VALUE(nblocks >= 1 && ints.size() == 15 + static_cast<size_t>(nblocks) * 20 &&
                           f.size() == 1 + static_cast<size_t>(nblocks) * 4,
@@ -403,6 +406,7 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
   }
 
   void set_profile(bool on) { prof_.on = on; }
+  std::string isa() const { return "avx512"; }  // the kernels' ISA level (AVX-512 VNNI)
   // Blocks whose expanded tensor (float32 bytes per sample) is at least this run fused;
   // returns the old threshold (tests force both paths).
   int64_t set_fuse_bytes(int64_t bytes) {

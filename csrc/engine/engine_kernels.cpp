@@ -572,12 +572,17 @@ void pack_weights(const float* w, int64_t N, int64_t K, DT dt, void* out) {
 }
 
 int64_t gemm_tiles(const GemmArgs& g) {
+  if (g.avx2) return avx2::gemm_tiles(g);
   if (g.amx) return (g.M + 31) / 32 * (((g.N + 15) / 16 + 1) / 2);
   const Tiling t(g.M, g.N);
   return t.row_tiles * t.col_tiles;
 }
 
 void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
+  if (g.avx2) {
+    avx2::gemm_range(g, t0, t1);
+    return;
+  }
   if (g.amx) {
     gemm_range_amx(g, t0, t1);
     return;
@@ -604,6 +609,10 @@ void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
 int64_t dw_tasks(const DwArgs& d) { return d.N * d.OH * ((d.C + kDwBlock - 1) / kDwBlock); }
 
 void dw_row(const DwArgs& d, const void* const* rows, void* y_row, float* psum_row) {
+  if (d.avx2) {
+    avx2::dw_row(d, rows, y_row, psum_row);
+    return;
+  }
   for (int64_t c0 = 0; c0 < d.C; c0 += kDwBlock) {
     const int64_t nc = d.C - c0 < kDwBlock ? d.C - c0 : kDwBlock;
     dw_pick(d, static_cast<int>((nc + 15) / 16))(d, rows, y_row, psum_row, c0, tail_mask(nc));
@@ -611,6 +620,10 @@ void dw_row(const DwArgs& d, const void* const* rows, void* y_row, float* psum_r
 }
 
 void dw_range(const DwArgs& d, int64_t t0, int64_t t1) {
+  if (d.avx2) {
+    avx2::dw_range(d, t0, t1, kDwBlock);
+    return;
+  }
   const size_t xs = d.x_dt == DT::F32 ? 4 : 2, ys = d.dt == DT::F32 ? 4 : 2;
   const int64_t cblocks = (d.C + kDwBlock - 1) / kDwBlock;
   const void* rows[kDwMaxK];
@@ -630,11 +643,19 @@ void dw_range(const DwArgs& d, int64_t t0, int64_t t1) {
 }
 
 void pool_rows(const float* part, int64_t N, int64_t R, int64_t C, int64_t ldp, float count,
-               float* pooled, int64_t ldo) {
+               float* pooled, int64_t ldo, bool avx2) {
+  if (avx2) {
+    avx2::pool_rows(part, N, R, C, ldp, count, pooled, ldo);
+    return;
+  }
   pool_rows_impl(part, N, R, C, ldp, count, pooled, ldo);
 }
 
-void scale_rows(void* x, DT dt, int64_t rows, int64_t C, const float* g) {
+void scale_rows(void* x, DT dt, int64_t rows, int64_t C, const float* g, bool avx2) {
+  if (avx2) {  // (float32 only)
+    avx2::scale_rows(static_cast<float*>(x), rows, C, g);
+    return;
+  }
   if (dt == DT::F32) {
     scale_rows_impl(static_cast<float*>(x), rows, C, g);
   } else {
@@ -642,7 +663,12 @@ void scale_rows(void* x, DT dt, int64_t rows, int64_t C, const float* g) {
   }
 }
 
-void fold_gate(const float* packed, int64_t K, int64_t N, const float* g, float* out) {
+void fold_gate(const float* packed, int64_t K, int64_t N, const float* g, float* out,
+               bool avx2) {
+  if (avx2) {
+    avx2::fold_gate(packed, K, N, g, out);
+    return;
+  }
   fold_gate_impl(packed, K, N, g, out);
 }
 

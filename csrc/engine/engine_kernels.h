@@ -53,6 +53,7 @@ struct GemmArgs {
   DT y_dt = DT::F32;
   EAct act = EAct::Identity;
   bool amx = false;  // bfloat16 on the AMX tiles (needs amx_supported(); blocks of 32 x 32)
+  bool avx2 = false;  // the AVX2 + FMA kernels (float32 only; needs avx2::supported())
 };
 // The register tiling of an M x N GEMM: rows per tile (<= 8, or <= 6 when N >= 64; spread
 // evenly: 49 rows -> 7 tiles of 7, not 6 of 8 and one of 1) and panels of 16 columns per tile
@@ -98,6 +99,7 @@ struct DwArgs {
   const float* bias = nullptr;
   EAct act = EAct::Identity;
   float* psum = nullptr;
+  bool avx2 = false;  // the AVX2 + FMA kernels (float32 x and y only)
 };
 // Tasks are (n, output row, block of 64 channels); x, y, psum as in DwArgs. k <= kDwMaxK.
 constexpr int kDwMaxK = 15;
@@ -111,14 +113,31 @@ void dw_row(const DwArgs& d, const void* const* rows, void* y_row, float* psum_r
 // pooled[n][c] = sum over r < R of part[n][r][c] / count, c < C (rows of stride ldp; pooled
 // rows of stride ldo). For the SE squeeze (part = psum) and the head pool (part = GEMM output).
 void pool_rows(const float* part, int64_t N, int64_t R, int64_t C, int64_t ldp, float count,
-               float* pooled, int64_t ldo);
+               float* pooled, int64_t ldo, bool avx2 = false);
 
 // x[r][c] *= g[c] for r < rows, c < C (row stride C), x in dt: the SE gate applied in place.
-void scale_rows(void* x, DT dt, int64_t rows, int64_t C, const float* g);
+void scale_rows(void* x, DT dt, int64_t rows, int64_t C, const float* g, bool avx2 = false);
 
 // out = packed * g[k] (row k of every panel scaled; F32 panels only): the SE gate folded into
 // one sample's weights.
+void fold_gate(const float* packed, int64_t K, int64_t N, const float* g, float* out,
+               bool avx2 = false);
+
+// The AVX2 + FMA builds of the float32 kernels above (engine_kernels_avx2.cpp): the same
+// layouts and contracts; the functions above call them when their args say `avx2`. Their GEMM
+// tiling (6 rows x one panel) differs from the AVX-512 one: gemm_tiles / gemm_range of one GEMM
+// must agree on `avx2`.
+namespace avx2 {
+bool supported();  // this CPU has AVX2 and FMA
+int64_t gemm_tiles(const GemmArgs& g);
+void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1);
+void dw_range(const DwArgs& d, int64_t t0, int64_t t1, int64_t block);
+void dw_row(const DwArgs& d, const void* const* rows, void* y_row, float* psum_row);
+void pool_rows(const float* part, int64_t N, int64_t R, int64_t C, int64_t ldp, float count,
+               float* pooled, int64_t ldo);
+void scale_rows(float* x, int64_t rows, int64_t C, const float* g);
 void fold_gate(const float* packed, int64_t K, int64_t N, const float* g, float* out);
+}  // namespace avx2
 
 // Casts n float32 values to bfloat16 (round to nearest even), or back.
 void f32_to_bf16(const float* x, uint16_t* y, int64_t n);

@@ -176,6 +176,7 @@ template <typename E>
 void def_engine_methods(torch::class_<E>& c) {
   c.def("forward", &E::forward)
       .def("describe", &E::describe)
+      .def("isa", &E::isa)
       .def("set_profile", &E::set_profile)
       .def("set_fuse_bytes", &E::set_fuse_bytes)
       .def("fill_workspace", &E::fill_workspace)
