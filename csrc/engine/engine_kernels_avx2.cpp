@@ -17,8 +17,9 @@
 // clipped. Only the last vector of a block that ends at C (C % 8 != 0) reads / writes through
 // masks (TAIL): full vectors use plain loads (vmaskmovps halves the load rate on Zen).
 //
-// SiLU / sigmoid: exp256 (cpu_math.h's Cephes polynomial) and a reciprocal by rcpps + one
-// Newton step (~2^-22 relative), as the AVX-512 epilogue's rcp14 + Newton.
+// SiLU / sigmoid: exp_neg below (a degree-5 polynomial, 3-4 ulp) and a reciprocal by rcpps +
+// one Newton step (~2^-22 relative): 17 vector ops a SiLU, 11 of them on the FMA pipes —
+// SiLU was 23 % of a B0 forward on Zen 3 with cpu_math.h's exp256 (26 ops; NOTES.md).
 #include "engine_kernels.h"
 
 #include <immintrin.h>
@@ -52,12 +53,32 @@ EK_AVX2 EK2_INLINE __m256 recip256(__m256 d) {
   return _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
 }
 
-// 1 / (1 + exp(-v)), the exponent clamped to [-88, 88] as sigmoid512 (exp256 clamps to
-// [-87, 88] itself); min/max with the value second keep a NaN.
+// exp(-v) for v in [-88, 88] (or NaN), in 5 FMAs + 2 more: n = round(-v log2 e) by the
+// magic-number add (1.5 * 2^23 + 127: t's low mantissa bits are then n + 127, the exponent
+// field of 2^n after one shift), r = v + n ln2 by one FMA (one ln2 constant: its rounding
+// error n * 2e-9 is below the polynomial's), exp(-r) by a degree-5 near-minimax polynomial
+// (odd coefficients negated: P(-r)). Max relative error 2.7e-7 on [-88, 88] (3-4 ulp;
+// cpu_math.h's exp256, Cephes with Cody-Waite: ~1 ulp in 14 FMA-pipe ops where this has 7).
+EK_AVX2 EK2_INLINE __m256 exp_neg(__m256 v) {
+  const __m256 magic = _mm256_set1_ps(12583039.0f);
+  const __m256 t = _mm256_fmadd_ps(v, _mm256_set1_ps(-1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(t, magic);
+  const __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(0.693147180559945309f), v);
+  __m256 p = _mm256_set1_ps(-8.29755e-3f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.191516e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(-1.6667575e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.9998897e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(-9.999997e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0000001f));
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
+// 1 / (1 + exp(-v)), v clamped to [-88, 88] for the exponent (exp(-v) stays finite, the
+// reciprocal's Newton step sees no inf), so sigmoid(+-inf) = 1 / 0 and silu(+inf) = inf,
+// silu(-inf) = -inf * 0 = NaN, as PyTorch's; min/max with the value second keep a NaN.
 EK_AVX2 EK2_INLINE __m256 sigmoid256(__m256 v) {
-  const __m256 t = _mm256_max_ps(_mm256_set1_ps(-88.0f), _mm256_sub_ps(_mm256_setzero_ps(), v));
-  const __m256 e = cpu::exp256(_mm256_min_ps(_mm256_set1_ps(88.0f), t));
-  return recip256(_mm256_add_ps(_mm256_set1_ps(1.0f), e));
+  const __m256 c = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-88.0f), v));
+  return recip256(_mm256_add_ps(_mm256_set1_ps(1.0f), exp_neg(c)));
 }
 
 template <EAct A>
@@ -104,7 +125,9 @@ struct Tiling2 {
 using TileFn = void (*)(const GemmArgs&, int64_t, int64_t, int64_t);
 
 // Rows [r0, r0 + MR) x panel p; nc = the panel's valid columns (16, or fewer in the last).
-template <int MR, EAct A, bool RES>
+// HALF: nc <= 8, only the panel's first 8 columns are computed (N = 24, 40, ...: the last
+// panel's zero half is not multiplied — 1/4 of the FMAs of an N = 24 projection).
+template <int MR, EAct A, bool RES, bool HALF>
 EK_AVX2 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p, int64_t nc) {
   __m256 acc[MR][2];
 #pragma GCC unroll 6
@@ -113,12 +136,13 @@ EK_AVX2 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p, int64_t nc) {
   const float* a = static_cast<const float*>(g.a) + r0 * lda;
   const float* b = static_cast<const float*>(g.b) + p * K * 16;
   for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_load_ps(b + k * 16), b1 = _mm256_load_ps(b + k * 16 + 8);
+    const __m256 b0 = _mm256_load_ps(b + k * 16);
+    const __m256 b1 = HALF ? b0 : _mm256_load_ps(b + k * 16 + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < MR; ++r) {
       const __m256 av = _mm256_broadcast_ss(a + r * lda + k);
       acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+      if constexpr (!HALF) acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
     }
   }
   const float* bias = g.bias + p * 16;
@@ -129,6 +153,14 @@ EK_AVX2 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p, int64_t nc) {
   for (int r = 0; r < MR; ++r) {
     float* y = static_cast<float*>(g.y) + (r0 + r) * g.ldy + p * 16;
     __m256 t0 = act8<A>(_mm256_add_ps(acc[r][0], bias0));
+    if constexpr (HALF) {
+      if constexpr (RES) {
+        const float* res = static_cast<const float*>(g.res) + (r0 + r) * g.ldr + p * 16;
+        t0 = _mm256_add_ps(t0, _mm256_maskload_ps(res, m0));
+      }
+      _mm256_maskstore_ps(y, m0, t0);
+      continue;
+    }
     __m256 t1 = act8<A>(_mm256_add_ps(acc[r][1], bias1));
     if (full) {
       if constexpr (RES) {
@@ -151,14 +183,16 @@ EK_AVX2 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t p, int64_t nc) {
 }
 
 template <EAct A, bool RES>
-struct TileTable {
-  static constexpr TileFn fns[kMR] = {&gemm_tile<1, A, RES>, &gemm_tile<2, A, RES>,
-                                      &gemm_tile<3, A, RES>, &gemm_tile<4, A, RES>,
-                                      &gemm_tile<5, A, RES>, &gemm_tile<6, A, RES>};
+struct TileTable {  // fns[half][mr - 1]
+#define EK2_ROW(H)                                                                         \
+  {&gemm_tile<1, A, RES, H>, &gemm_tile<2, A, RES, H>, &gemm_tile<3, A, RES, H>,          \
+   &gemm_tile<4, A, RES, H>, &gemm_tile<5, A, RES, H>, &gemm_tile<6, A, RES, H>}
+  static constexpr TileFn fns[2][kMR] = {EK2_ROW(false), EK2_ROW(true)};
+#undef EK2_ROW
 };
 
 template <bool RES>
-const TileFn* table_for_act(EAct a) {
+const TileFn (*table_for_act(EAct a))[kMR] {
   switch (a) {
     case EAct::SiLU:
       return TileTable<EAct::SiLU, RES>::fns;
@@ -399,13 +433,14 @@ int64_t gemm_tiles(const GemmArgs& g) {
 }
 
 void gemm_range(const GemmArgs& g, int64_t t0, int64_t t1) {
-  const TileFn* table = g.res != nullptr ? table_for_act<true>(g.act) : table_for_act<false>(g.act);
+  const TileFn(*table)[kMR] =
+      g.res != nullptr ? table_for_act<true>(g.act) : table_for_act<false>(g.act);
   const Tiling2 tl(g.M, g.N);
   for (int64_t t = t0; t < t1; ++t) {
     int64_t r0, mr, p;
     tl.tile(t, &r0, &mr, &p);
     const int64_t nc = g.N - p * 16 < 16 ? g.N - p * 16 : 16;
-    table[mr - 1](g, r0, p, nc);
+    table[nc <= 8][mr - 1](g, r0, p, nc);
   }
 }
 
