@@ -68,18 +68,30 @@ def _cpu_isas() -> list:
     return list(_C.cpu_isas()) if hasattr(_C, "cpu_isas") else []
 
 
-@pytest.fixture(params=_cpu_isas() or [None])
-def cpu_isa(request):
-    """Runs the test once per CPU ISA level this machine runs ('baseline', 'avx2', 'avx512':
-    which build of the CPU kernels runs, effnet_kernels._C.set_cpu_isa), then restores the
-    previous level."""
-    if request.param is None:
-        pytest.skip("effnet_kernels._C not built (no CPU ISA switch)")
+def _at_isa(level, why_none: str):
+    """Sets the CPU ISA level for a test (effnet_kernels._C.set_cpu_isa), then restores it;
+    skips with `why_none` when the level is None."""
+    if level is None:
+        pytest.skip(why_none)
     from effnet_kernels import _C
 
     prev = _C.cpu_isa()
-    _C.set_cpu_isa(request.param)
+    _C.set_cpu_isa(level)
     try:
-        yield request.param
+        yield level
     finally:
         _C.set_cpu_isa(prev)
+
+
+@pytest.fixture(params=_cpu_isas() or [None])
+def cpu_isa(request):
+    """Runs the test once per CPU ISA level this machine runs ('baseline', 'avx2', 'avx512':
+    which build of the CPU kernels runs), then restores the previous level."""
+    yield from _at_isa(request.param, "effnet_kernels._C not built (no CPU ISA switch)")
+
+
+@pytest.fixture(params=[i for i in ("avx512", "avx2") if i in _cpu_isas()] or [None])
+def engine_isa(request):
+    """Runs the test once per CPU engine build this machine runs (the float engine's AVX-512
+    and AVX2 kernels: an AVX-512 machine tests both); models built inside get that build."""
+    yield from _at_isa(request.param, "no CPU engine build for this CPU")

@@ -26,7 +26,7 @@ from test_optimize import make_ek
 _C = ops._C
 HAS_AVX512 = _C is not None and "avx512" in _C.cpu_isas()
 # The float engine's kernel builds this CPU runs (AVX-512; AVX2 + FMA, float32 only): the fp32
-# tests run under each in turn (set_cpu_isa), so an AVX-512 machine also tests the AVX2 build.
+# tests run under each in turn (conftest's engine_isa), so an AVX-512 machine tests both.
 ENGINE_ISAS = [i for i in ("avx512", "avx2") if _C is not None and i in _C.cpu_isas()]
 needs_engine = pytest.mark.skipif(
     _C is None or not ENGINE_ISAS or not hasattr(torch.classes.effnet, "CpuEngine"),
@@ -39,20 +39,6 @@ needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512_BF1
 BF16_PATHS = ["avx512_bf16"] + (["amx"] if HAS_AMX else [])
 
 pytestmark = [needs_ext, needs_engine]
-
-
-@pytest.fixture(params=ENGINE_ISAS or [None])
-def engine_isa(request):
-    """Runs the test with the CPU ISA level set to each engine build in turn (then restored);
-    models built inside the test get that build's engine."""
-    if request.param is None:
-        pytest.skip("no engine build for this CPU")
-    prev = _C.cpu_isa()
-    _C.set_cpu_isa(request.param)
-    try:
-        yield request.param
-    finally:
-        _C.set_cpu_isa(prev)
 
 
 # ------------------------------------------------------------------------ float64 reference
