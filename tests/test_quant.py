@@ -353,3 +353,21 @@ def test_quantized_model_compiles_fullgraph(b0_small):
     # round differently at a tie, so compare closely rather than bitwise
     assert quant.sqnr_db(ref, out) > 40.0
     assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
+@pytest.mark.skipif(ops._C is None, reason="needs the extension (the CPU ISA switch)")
+def test_quantize_warns_where_cpu_int8_is_slow(b0_small, recwarn):
+    """Below the AVX-512 VNNI path (a CPU without it, or a lower ISA level forced) the INT8
+    model runs the exact integer ops, slower than the float model: ek.quantize says so; the
+    "torch" backend (asked for explicitly) does not warn."""
+    _, f, calib = b0_small
+    prev = ops._C.cpu_isa()
+    try:
+        ops._C.set_cpu_isa("baseline")
+        with pytest.warns(UserWarning, match="no AVX-512 VNNI"):
+            quant.quantize(f, calib[:1], backend="cpu", method="minmax")
+        recwarn.clear()
+        quant.quantize(f, calib[:1], backend="torch", method="minmax")
+        assert not [w for w in recwarn if "AVX-512 VNNI" in str(w.message)]
+    finally:
+        ops._C.set_cpu_isa(prev)
