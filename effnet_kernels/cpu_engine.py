@@ -165,7 +165,7 @@ def encode_int8(model) -> tuple[list[Tensor], list[int], list[float]]:
     from .quant.modules import FloatDWConvQuantOut
     blocks = list(_blocks_in_order(model))
     stem, fs, head = model.stem, model.stem.float_stem, model.head
-    exact = int(bool(getattr(model, "exact_cpu_engine", True)))
+    exact = int(bool(getattr(model, "exact_cpu_engine", False)))
     ints = [2, len(blocks), ACT_CODES[fs.act], int(stem.quantize_output), stem.out_q[1],
             ACT_CODES[head.act], head.in_q[1], exact, *_geo(fs.kernel_size, fs.stride, fs.padding)]
     floats = [stem._out_inv]

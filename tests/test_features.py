@@ -215,9 +215,15 @@ def test_int8_features_are_float():
     s, zp = qf.blocks[-1][-1].project.out_q
     assert torch.equal(out[-1], (last.int() - zp).float() * s)
     qe = ek.optimize(q, num_classes=0)
-    # the int8 model's logits come from it (bit for bit: the INT8 CPU engine's default exact
-    # mode reproduces the per-op path)
-    assert torch.equal(q.classifier(qe(x)), q(x))
+    # the int8 model's logits come from it: bit for bit in the INT8 CPU engine's exact mode
+    # (it reproduces the per-op path); in its default fast mode as close as the exact mode is
+    # to itself under 1e-6 input noise (int8 values on rounding ties flip, and flips cascade):
+    # measured 31.4 dB (the exact mode vs itself, noisy input: 29.7 dB; either vs float 25 dB)
+    emb_logits = q.classifier(qe(x))
+    q.exact_cpu_engine = True
+    assert torch.equal(emb_logits, q(x))
+    q.exact_cpu_engine = False
+    assert sqnr_db(emb_logits, q(x)) >= 28, sqnr_db(emb_logits, q(x))
 
 
 def test_feature_pyramid_network():

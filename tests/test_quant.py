@@ -292,7 +292,7 @@ def test_lite0_int8_accuracy_on_held_out_crops():
     f = ek.optimize(load_lite0_pretrained(), backend="auto")
     calib = data.random_crops(data.CALIBRATION_IMAGES, 4, seed=1)
     ev = data.random_crops(data.HELD_OUT_IMAGES, 8, seed=2)
-    # backend "auto": on an AVX-512 VNNI CPU the INT8 engine (exact mode), elsewhere the float
+    # backend "auto": on an AVX-512 VNNI CPU the INT8 engine (fast mode), elsewhere the float
     # parts on the C++ CPU ops and the int8 layers on the integer reference. Measured: engine
     # fast mode 0.969 / 24.50 dB, its exact mode (= the per-op CPU path) 0.984 / 24.60 dB,
     # backend="torch" (float parts in reference float ops) 0.953 / 24.56 dB: a few crops sit on
@@ -311,8 +311,8 @@ def test_lite0_int8_accuracy_on_held_out_crops():
 
 
 # Measured with this exact configuration (seeds fixed, the int8 layers are deterministic): on
-# the INT8 engine (exact mode) agreement 0.984 (63 / 64 crops), logit SQNR 24.6 dB (its fast
-# mode: 0.969, 24.5 dB). Floors: two more flips (the fast mode passes too), ~1 dB; a
+# the INT8 engine's default fast mode agreement 0.969 (62 / 64 crops), logit SQNR 24.5 dB (its
+# exact mode: 0.984, 24.6 dB). Floors: one more flip than the fast mode, ~1 dB; a
 # rounding bias of +0.25 LSB in the requantise (reference: 0.906, 0.903, 17.3 dB) fails all
 # three.
 AGREE_FLOOR, TOP5_FLOOR, SQNR_FLOOR = 0.95, 0.94, 23.5

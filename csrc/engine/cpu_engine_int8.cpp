@@ -429,7 +429,8 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
     std::lock_guard<std::mutex> lock(mu_);
     if (plan_.N < 0) return;
     for (at::Tensor* t : {&plan_.io[0], &plan_.io[1], &plan_.e1, &plan_.e2, &plan_.a,
-                          &plan_.psum, &plan_.head}) {
+                          &plan_.psum, &plan_.head, &plan_.sf, &plan_.df, &plan_.pooled,
+                          &plan_.s1, &plan_.gate}) {
       if (t->scalar_type() == at::kFloat) {
         std::fill_n(t->data_ptr<float>(), t->numel(), static_cast<float>(value));
       } else {

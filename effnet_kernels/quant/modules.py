@@ -240,18 +240,18 @@ class QuantizedEfficientNet(FusedEfficientNet):
     def __init__(self, *args, calibration: dict | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.calibration = dict(calibration or {})
-        #: the CPU engine (effnet_kernels.cpu_engine) in its exact mode (default): the float
-        #: parts as the per-op path computes them and the exact SiLU, logits bit-identical to
-        #: the per-op CPU path. False: the experimental fast mode (the float parts on the float
-        #: engine's kernels, fast SiLU, FMA epilogues; 10-25 % faster) — NOT default: its
-        #: results depend on the thread count, and one random-weights B0 (TF "same" padding)
-        #: drifted to 16 dB from the exact logits at 4 threads on 2 cores; not root-caused.
-        self.exact_cpu_engine = True
+        #: the CPU engine (effnet_kernels.cpu_engine) in its exact mode: the float parts as the
+        #: per-op path computes them and the exact SiLU, logits bit-identical to the per-op CPU
+        #: path. False (default): the fast mode (the float parts on the float engine's kernels,
+        #: fast SiLU, FMA epilogues; within the INT8 contract: an int8 value may differ by 1 LSB
+        #: where it sits on a rounding boundary), deterministic (bit-identical at any thread
+        #: count and batch composition). Call refresh_cpu_engine() after changing it.
+        self.exact_cpu_engine = False
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     @property
     def exact_cpu_engine(self) -> bool:
-        return self.__dict__.get("_exact_cpu_engine", True)
+        return self.__dict__.get("_exact_cpu_engine", False)
 
     @exact_cpu_engine.setter
     def exact_cpu_engine(self, value: bool) -> None:
