@@ -135,5 +135,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       "cpu_has_int8_vnni", [] { return effnet::engine::int8_kernels_supported(); },
       "True when this CPU has AVX512_VNNI: at the 'avx512' level the INT8 ops (and the INT8 "
       "CPU engine) run their vpdpbusd kernels.");
+  module.def(
+      "cpu_has_int8_amx", [] { return effnet::engine::int8_amx_supported(); },
+      "True when this CPU has AMX-INT8 and Linux grants the tile state: the INT8 CPU engine runs "
+      "its 1x1 layers with K >= 64 on tdpbusd (CpuEngineInt8.set_amx; EFFNET_CPU_AMX=0 turns "
+      "it off).");
 }
 #endif

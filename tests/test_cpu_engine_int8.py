@@ -57,11 +57,17 @@ def _per_op(q, x):
         q.use_cpu_engine = True
 
 
-def _engine(q, x, poison=True, fuse_bytes=None):
+_AMX = [False] + ([True] if _C is not None and _C.cpu_has_int8_amx() else [])
+
+
+def _engine(q, x, poison=True, fuse_bytes=None, amx=None):
     eng, why = cpu_engine.build(q)
     assert eng is not None, why
     if fuse_bytes is not None:
         eng.set_fuse_bytes(fuse_bytes)
+    if amx is not None:  # the 1x1 layers on AMX-INT8 or on VNNI (default: AMX where the CPU has it)
+        eng.set_amx(amx)
+        assert ("+amx" in eng.describe()) == amx
     if poison:  # size the workspace, poison it, run again: unwritten reads show
         eng.forward(x)
         eng.fill_workspace(float("nan"))
@@ -82,9 +88,10 @@ def test_engine_equals_per_op_path(name, kw, first_dw_float):
         want = _per_op(q, x)
         # the expand + depthwise blocks fused over row bands (all of them: 0), or none
         for fuse in (None, 0, 1 << 40):
-            got = _engine(q, x, fuse_bytes=fuse)
-            assert got.dtype == torch.float32 and got.shape == want.shape
-            assert torch.equal(got, want), (name, shape, fuse, (got - want).abs().max())
+            for amx in _AMX:
+                got = _engine(q, x, fuse_bytes=fuse, amx=amx)
+                assert got.dtype == torch.float32 and got.shape == want.shape
+                assert torch.equal(got, want), (name, shape, fuse, amx, (got - want).abs().max())
         assert torch.equal(q(x), want)  # the model's own forward takes the engine
 
 
@@ -108,7 +115,8 @@ def test_fast_mode_is_deterministic_and_equals_exact_off_ties():
     finally:
         torch.set_num_threads(prev)
     assert torch.equal(torch.cat([q(x[i:i + 1]) for i in range(3)]), want)
-    assert torch.equal(_engine(q, x), want)  # workspace poisoned (NaN floats, 0xff bytes)
+    for amx in _AMX:  # workspace poisoned (NaN floats, 0xff bytes); AMX-INT8 or VNNI GEMMs
+        assert torch.equal(_engine(q, x, amx=amx), want), amx
     q.exact_cpu_engine = True
     exact = q(x)
     assert quant.sqnr_db(exact, want) > 60, quant.sqnr_db(exact, want)

@@ -24,6 +24,7 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <sstream>
@@ -53,8 +54,19 @@ const char* act_name(EAct a) {
   }
 }
 
+// AMX-INT8 for the engine's 1x1 layers where the CPU has it and the environment does not say
+// EFFNET_CPU_AMX=0 (CpuEngineInt8.set_amx overrides it per engine; the results are the same).
+bool int8_amx_default() {
+  static const bool on = [] {
+    const char* env = std::getenv("EFFNET_CPU_AMX");
+    return !(env != nullptr && std::string(env) == "0") && int8_amx_supported();
+  }();
+  return on;
+}
+
 struct QLinear {  // an int8 1x1 conv, packed
   at::Tensor packed, comp, scale, bias;  // bytes; int32 / float32 [round16(N)]
+  at::Tensor amx;                        // the AMX-INT8 packing (where the CPU has AMX-INT8)
   int64_t K = 0, N = 0;
   EAct act = EAct::Identity;
   int32_t in_zp = 0, out_zp = 0;
@@ -81,6 +93,11 @@ QLinear make_qlinear(const at::Tensor& w, const at::Tensor& scale, const at::Ten
                 L.comp.data_ptr<int32_t>());
   int32_t* c = L.comp.data_ptr<int32_t>();
   for (int64_t n = 0; n < Np; ++n) c[n] *= 128 + L.in_zp;
+  if (int8_amx_supported()) {
+    L.amx = at::empty({qamx_bytes(L.K, L.N)}, at::kByte);
+    qamx_pack(reinterpret_cast<const int8_t*>(L.packed.data_ptr()), L.K, L.N,
+              reinterpret_cast<int8_t*>(L.amx.data_ptr()));
+  }
   L.scale = at::zeros({Np}, at::kFloat);
   L.scale.narrow(0, 0, L.N).copy_(scale.detach());
   L.bias = at::zeros({Np}, at::kFloat);
@@ -407,6 +424,15 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
 
   void set_profile(bool on) { prof_.on = on; }
   std::string isa() const { return "avx512"; }  // the kernels' ISA level (AVX-512 VNNI)
+  // The 1x1 layers on AMX-INT8 (on) or VNNI (off); returns the old setting.
+  bool set_amx(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    TORCH_CHECK_VALUE(!on || int8_amx_supported(), "CpuEngineInt8: this CPU (or kernel) has no ",
+                      "AMX-INT8");
+    const bool old = amx_;
+    amx_ = on;
+    return old;
+  }
   // Blocks whose expanded tensor (float32 bytes per sample) is at least this run fused;
   // returns the old threshold (tests force both paths).
   int64_t set_fuse_bytes(int64_t bytes) {
@@ -440,7 +466,8 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
   }
   std::string describe() const {
     std::ostringstream os;
-    os << "CpuEngineInt8(int8, avx512_vnni, " << (exact_ ? "exact" : "fast") << ", "
+    os << "CpuEngineInt8(int8, avx512_vnni" << (amx_ ? "+amx" : "") << ", "
+       << (exact_ ? "exact" : "fast") << ", "
        << blocks_.size() << " blocks)";
     return os.str();
   }
@@ -582,6 +609,8 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
     q.scale = L.scale.data_ptr<float>(), q.bias = L.bias.data_ptr<float>(), q.act = L.act;
     q.fast = !exact_;
     q.inv = L.inv, q.zp = static_cast<float>(L.out_zp);
+    q.amx_b = amx_ && L.amx.defined() ? reinterpret_cast<const int8_t*>(L.amx.data_ptr())
+                                       : nullptr;
   }
 
   void quantize_rows(const float* x, int64_t n, float inv, int32_t zp, uint8_t* out) {
@@ -720,6 +749,7 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
   }
 
   bool exact_ = false;
+  bool amx_ = int8_amx_default();
   Linear stem_lin_, cls_;
   int64_t cmax_ = 16, smax_ = 16;
   Profile prof_;
@@ -742,6 +772,7 @@ TORCH_LIBRARY_FRAGMENT(effnet, m) {
   using effnet::engine::CpuEngineInt8;
   auto c = m.class_<CpuEngineInt8>("CpuEngineInt8")
                .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>,
-                                std::vector<double>>());
+                                std::vector<double>>())
+               .def("set_amx", &CpuEngineInt8::set_amx);
   effnet::engine::def_engine_methods(c);
 }

@@ -22,6 +22,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <vector>
 
 #include "engine_simd.h"
 
@@ -434,6 +435,121 @@ EQ_AVX512 void quantize_impl(const float* x, int64_t n, float inv, float zp, boo
   }
 }
 
+
+// ---- AMX-INT8 (tdpbusd) --------------------------------------------------------------------
+// C[32 x 32] per block in four 16 x 16 int32 tiles (tmm0-3); A as two 16-row x 64-byte tiles
+// (tmm4-5) from a zero-padded copy of the block's u8 rows (32 x K64); B as two tiles of 16
+// k-quads x 16 columns (tmm6-7) read straight from the AMX-packed panels, which are the VNNI
+// panels ([K/4][16][4]) zero-padded to K64 = K rounded up to 64 (and to an even panel count).
+// Per 64 k: 4 tile loads, 4 tdpbusd (16 x 16 x 64 MACs each). The int32 sums are exact in any
+// order, so each 16-column vector then goes through the same epilogue as the VNNI tiles:
+// bit-identical results.
+#define EQ_AMX \
+  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,avx2")))
+
+struct QTileCfg {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+EQ_AMX void qamx_config() {
+  QTileCfg cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette = 1;
+  for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
+  // (not _tile_loadconfig: GCC 12 drops the config stores as dead, see engine_kernels.cpp)
+  __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+}
+
+EQ_AMX void qamx_release() { _tile_release(); }
+
+using QAmxFn = void (*)(const QGemmArgs&, int64_t, int64_t, int64_t, const uint8_t*, int64_t,
+                        int64_t);
+
+template <EAct A>
+EQ_AMX void qamx_block(const QGemmArgs& g, int64_t m0, int64_t mr, int64_t p0, const uint8_t* ab,
+                       int64_t K64, int64_t panels) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int8_t* b0 = g.amx_b + p0 * K64 * 16;
+  const int8_t* b1 = b0 + K64 * 16;
+  for (int64_t kb = 0; kb < K64; kb += 64) {
+    _tile_loadd(4, ab + kb, K64);
+    _tile_loadd(5, ab + 16 * K64 + kb, K64);
+    _tile_loadd(6, b0 + kb * 16, 64);
+    _tile_loadd(7, b1 + kb * 16, 64);
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(1, 4, 7);
+    _tile_dpbusd(2, 5, 6);
+    _tile_dpbusd(3, 5, 7);
+  }
+  alignas(64) int32_t c[32 * 32];
+  _tile_stored(0, c, 128);
+  _tile_stored(1, c + 16, 128);
+  _tile_stored(2, c + 16 * 32, 128);
+  _tile_stored(3, c + 16 * 32 + 16, 128);
+  const int64_t nv = panels - p0 < 2 ? panels - p0 : 2;
+  const __mmask16 last = tail_mask(g.N);
+  for (int64_t r = 0; r < mr; ++r)
+    for (int64_t v = 0; v < nv; ++v)
+      epilogue<A>(g, _mm512_load_si512(c + r * 32 + v * 16), m0 + r, (p0 + v) * 16,
+                  p0 + v == panels - 1 ? last : static_cast<__mmask16>(0xffff));
+}
+
+QAmxFn qamx_for(EAct a) {
+  if (a == kSiLUFast) return &qamx_block<kSiLUFast>;
+  switch (a) {
+    case EAct::SiLU:
+      return &qamx_block<EAct::SiLU>;
+    case EAct::ReLU6:
+      return &qamx_block<EAct::ReLU6>;
+    case EAct::ReLU:
+      return &qamx_block<EAct::ReLU>;
+    case EAct::Identity:
+    default:
+      return &qamx_block<EAct::Identity>;
+  }
+}
+
+// A per-thread buffer for the zero-padded A block (grown, never shrunk).
+uint8_t* qamx_scratch(size_t n) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+int64_t qamx_col_blocks(const QGemmArgs& g) { return ((g.N + 15) / 16 + 1) / 2; }
+
+void qgemm_range_amx(const QGemmArgs& g, int64_t t0, int64_t t1) {
+  const QAmxFn fn = qamx_for(g.act);
+  const int64_t K64 = qamx_k(g.K), panels = (g.N + 15) / 16, col_blocks = qamx_col_blocks(g);
+  uint8_t* ab = qamx_scratch(static_cast<size_t>(32 * K64));
+  qamx_config();
+  int64_t loaded = -1;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t mb = t / col_blocks, p0 = t % col_blocks * 2, m0 = mb * 32;
+    const int64_t mr = g.M - m0 < 32 ? g.M - m0 : 32;
+    if (mb != loaded) {  // the block's rows, zero-padded to 32 x K64
+      for (int64_t r = 0; r < 32; ++r) {
+        uint8_t* dst = ab + r * K64;
+        if (r < mr) {
+          std::memcpy(dst, g.a + (m0 + r) * g.lda, static_cast<size_t>(g.K));
+          std::memset(dst + g.K, 0, static_cast<size_t>(K64 - g.K));
+        } else {
+          std::memset(dst, 0, static_cast<size_t>(K64));
+        }
+      }
+      loaded = mb;
+    }
+    fn(g, m0, mr, p0, ab, K64, panels);
+  }
+  qamx_release();
+}
+
 }  // namespace
 
 void qpack_weights(const int8_t* w, int64_t N, int64_t K, int8_t* out, int32_t* wsum) {
@@ -452,12 +568,42 @@ void qpack_weights(const int8_t* w, int64_t N, int64_t K, int8_t* out, int32_t* 
   }
 }
 
+void qamx_pack(const int8_t* vnni, int64_t K, int64_t N, int8_t* out) {
+  const int64_t panels = (N + 15) / 16, Kq = qpacked_k(K), K64 = qamx_k(K);
+  std::memset(out, 0, static_cast<size_t>(qamx_bytes(K, N)));
+  for (int64_t p = 0; p < panels; ++p)
+    std::memcpy(out + p * K64 * 16, vnni + p * Kq * 16, static_cast<size_t>(Kq * 16));
+}
+
+bool int8_amx_supported() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = [] {
+    unsigned eax, ebx, ecx, edx;
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    // AMX-INT8 (edx bit 25); amx_supported(): AMX-TILE + AMX-BF16 and Linux granted the state
+    return ((edx >> 25) & 1) != 0 && int8_kernels_supported() && amx_supported();
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// AMX where K >= 64: below, the K64 zero padding multiplies the tile work (K = 16-40 expands:
+// 2-4x) and the VNNI tiles measured as fast or faster (benchmarks/NOTES.md, "AMX-INT8").
+static bool use_amx(const QGemmArgs& g) { return g.amx_b != nullptr && g.K >= 64; }
+
 int64_t qgemm_tiles(const QGemmArgs& g) {
+  if (use_amx(g)) return (g.M + 31) / 32 * qamx_col_blocks(g);
   const Tiling t(g.M, g.N);
   return t.row_tiles * t.col_tiles;
 }
 
 void qgemm_range(const QGemmArgs& g, int64_t t0, int64_t t1) {
+  if (use_amx(g)) {
+    qgemm_range_amx(g, t0, t1);
+    return;
+  }
   const QTileFn(*table)[4] = qtable(g.act);
   const Tiling tl(g.M, g.N);
   const __mmask16 last = tail_mask(g.N);

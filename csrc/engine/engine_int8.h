@@ -32,6 +32,14 @@ inline int64_t qpacked_k(int64_t K) { return (K + 3) / 4 * 4; }
 inline int64_t qpacked_bytes(int64_t K, int64_t N) { return round16(N) * qpacked_k(K); }
 void qpack_weights(const int8_t* w, int64_t N, int64_t K, int8_t* out, int32_t* wsum);
 
+// AMX-INT8 weights: the VNNI panels zero-padded to K64 = K rounded up to 64 and to an even
+// number of panels (tdpbusd's B tiles are 16 k-quads x 16 columns, two panels per block).
+// True when this CPU has AMX-INT8 and Linux grants the tile state (see amx_supported()).
+bool int8_amx_supported();
+inline int64_t qamx_k(int64_t K) { return (K + 63) / 64 * 64; }
+inline int64_t qamx_bytes(int64_t K, int64_t N) { return (N + 31) / 32 * 32 * qamx_k(K); }
+void qamx_pack(const int8_t* vnni, int64_t K, int64_t N, int8_t* out);
+
 // The INT8 kernels' activations: EAct's Identity / ReLU / ReLU6 / SiLU (the exact SiLU of the
 // scalar kernels: cpu::exp_vec and a division), or kSiLUFast: SiLU through the float engine's
 // sigmoid (exp with vscalefps, reciprocal estimate + one Newton step; ~1e-7 relative off the
@@ -77,8 +85,12 @@ struct QGemmArgs {
   // value may differ by 1 LSB at exact ties). Not bit-exact with the scalar kernels; within
   // the INT8 contract.
   bool fast = false;
+  // AMX-INT8: the weights packed by qamx_pack (needs int8_amx_supported()); nullptr: VNNI.
+  // Results are bit-identical either way (exact int32 sums, the same epilogue).
+  const int8_t* amx_b = nullptr;
 };
-// Register tiles as the float GEMM's (Tiling): [t0, t1) run serially on the caller.
+// Register tiles as the float GEMM's (Tiling), or with amx_b set 32 x 32 blocks on the AMX
+// tile unit: [t0, t1) run serially on the caller.
 int64_t qgemm_tiles(const QGemmArgs& g);
 void qgemm_range(const QGemmArgs& g, int64_t t0, int64_t t1);
 
