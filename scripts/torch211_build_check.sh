@@ -26,7 +26,8 @@
 #   TORCH211_VERSION   torch version to check against (default 2.11.0)
 #   EFFNET_CUDA        1 (default): build the CUDA sources too; 0: C++ only
 #   TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default 2): passed to setup.py
-#   TORCH211_FRESH=1   delete the cached build directory first (a full rebuild)
+#   TORCH211_FRESH=1   ignore a recorded PASS and delete the cached build directory first (a
+#                      full rebuild)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,6 +50,21 @@ py() { "$VENV/bin/python" "$@"; }
 pip_() {
   py -m pip "$@" 2> >(grep -v "^WARNING: Location 'file:.*' is ignored" >&2)
 }
+
+# ---------------------------------------------------------------- 0. a pass already on record
+# A PASS is recorded under the user's cache (outside the checkout, so that a fresh clone on the
+# same machine finds it) keyed by the hash of everything the check builds and imports: csrc/,
+# effnet_kernels/ (Python), setup.py, this script, the torch version and the build switches.
+# Same inputs, same result: the ~12-minute rebuild is skipped. TORCH211_FRESH=1 ignores it.
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/effnet_kernels/torch211_pass
+key=$( { printf '%s\n' "$TORCH_VERSION" "$EFFNET_CUDA" "$TORCH_CUDA_ARCH_LIST"
+         git ls-files -z -co --exclude-standard -- csrc effnet_kernels setup.py \
+           scripts/torch211_build_check.sh | sort -z | xargs -0 sha256sum; } \
+       | sha256sum | cut -c1-32)
+if [ "${TORCH211_FRESH:-0}" != 1 ] && [ -f "$CACHE/$key" ]; then
+  echo "torch211 build check: PASS (cached: these sources passed on $(cat "$CACHE/$key"))"
+  exit 0
+fi
 
 # ---------------------------------------------------------------- 1. the torch 2.11 venv
 stamp="torch==$TORCH_VERSION"
@@ -167,3 +183,4 @@ PY
 
 echo "torch211 build check: PASS (torch $TORCH_VERSION, EFFNET_CUDA=$EFFNET_CUDA)" \
   "in $(( $(date +%s) - start )) s"
+mkdir -p "$CACHE" && date -u +%Y-%m-%dT%H:%MZ > "$CACHE/$key"
