@@ -54,13 +54,17 @@ pip_() {
 # ---------------------------------------------------------------- 0. a pass already on record
 # A PASS is recorded under the user's cache (outside the checkout, so that a fresh clone on the
 # same machine finds it) keyed by the hash of everything the check builds and imports: csrc/,
-# effnet_kernels/ (Python), setup.py, this script, the torch version and the build switches.
+# effnet_kernels/ (Python), setup.py, pyproject.toml, this script, the torch version, the build
+# switches and the compilers' versions.
 # Same inputs, same result: the ~12-minute rebuild is skipped. TORCH211_FRESH=1 ignores it.
-CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/effnet_kernels/torch211_pass
-key=$( { printf '%s\n' "$TORCH_VERSION" "$EFFNET_CUDA" "$TORCH_CUDA_ARCH_LIST"
-         git ls-files -z -co --exclude-standard -- csrc effnet_kernels setup.py \
-           scripts/torch211_build_check.sh | sort -z | xargs -0 sha256sum; } \
-       | sha256sum | cut -c1-32)
+CACHE=${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/effnet_kernels/torch211_pass
+source_key() {  # the sources and the toolchain the check builds with
+  { printf '%s\n' "$TORCH_VERSION" "$EFFNET_CUDA" "$TORCH_CUDA_ARCH_LIST" "$BASE_VENV"
+    "$PYTHON" --version 2>&1; c++ --version 2>&1 | head -n 1; nvcc --version 2>&1 | tail -n 2
+    git ls-files -z -co --exclude-standard -- csrc effnet_kernels setup.py pyproject.toml \
+      scripts/torch211_build_check.sh | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-32
+}
+key=$(source_key)
 if [ "${TORCH211_FRESH:-0}" != 1 ] && [ -f "$CACHE/$key" ]; then
   echo "torch211 build check: PASS (cached: these sources passed on $(cat "$CACHE/$key"))"
   exit 0
@@ -183,4 +187,8 @@ PY
 
 echo "torch211 build check: PASS (torch $TORCH_VERSION, EFFNET_CUDA=$EFFNET_CUDA)" \
   "in $(( $(date +%s) - start )) s"
-mkdir -p "$CACHE" && date -u +%Y-%m-%dT%H:%MZ > "$CACHE/$key"
+# recorded only if the sources did not change while the check ran (the copy it built is then
+# the hashed tree); a cache that cannot be written is not an error
+if [ "$(source_key)" = "$key" ]; then
+  mkdir -p "$CACHE" 2>/dev/null && date -u +%Y-%m-%dT%H:%MZ > "$CACHE/$key" 2>/dev/null || true
+fi

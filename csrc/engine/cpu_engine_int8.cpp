@@ -93,7 +93,7 @@ QLinear make_qlinear(const at::Tensor& w, const at::Tensor& scale, const at::Ten
                 L.comp.data_ptr<int32_t>());
   int32_t* c = L.comp.data_ptr<int32_t>();
   for (int64_t n = 0; n < Np; ++n) c[n] *= 128 + L.in_zp;
-  if (int8_amx_supported()) {
+  if (L.K >= 64 && int8_amx_supported()) {  // (the layers use_amx takes; see engine_int8.cpp)
     L.amx = at::empty({qamx_bytes(L.K, L.N)}, at::kByte);
     qamx_pack(reinterpret_cast<const int8_t*>(L.packed.data_ptr()), L.K, L.N,
               reinterpret_cast<int8_t*>(L.amx.data_ptr()));

@@ -245,7 +245,7 @@ class QuantizedEfficientNet(FusedEfficientNet):
         #: path. False (default): the fast mode (the float parts on the float engine's kernels,
         #: fast SiLU, FMA epilogues; within the INT8 contract: an int8 value may differ by 1 LSB
         #: where it sits on a rounding boundary), deterministic (bit-identical at any thread
-        #: count and batch composition). Call refresh_cpu_engine() after changing it.
+        #: count and batch composition). Setting it rebuilds the engine at the next forward.
         self.exact_cpu_engine = False
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
