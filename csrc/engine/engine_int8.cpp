@@ -24,6 +24,7 @@
 #include <cstring>
 #include <vector>
 
+#include "engine_amx.h"
 #include "engine_simd.h"
 
 #define EQ_AVX512 \
@@ -447,51 +448,15 @@ EQ_AVX512 void quantize_impl(const float* x, int64_t n, float inv, float zp, boo
 #define EQ_AMX \
   __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,avx2")))
 
-struct QTileCfg {
-  uint8_t palette, start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-EQ_AMX void qamx_config() {
-  QTileCfg cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cfg.palette = 1;
-  for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
-  // (not _tile_loadconfig: GCC 12 drops the config stores as dead, see engine_kernels.cpp)
-  __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
-}
-
-EQ_AMX void qamx_release() { _tile_release(); }
-
 using QAmxFn = void (*)(const QGemmArgs&, int64_t, int64_t, int64_t, const uint8_t*, int64_t,
                         int64_t);
 
 template <EAct A>
 EQ_AMX void qamx_block(const QGemmArgs& g, int64_t m0, int64_t mr, int64_t p0, const uint8_t* ab,
                        int64_t K64, int64_t panels) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
   const int8_t* b0 = g.amx_b + p0 * K64 * 16;
-  const int8_t* b1 = b0 + K64 * 16;
-  for (int64_t kb = 0; kb < K64; kb += 64) {
-    _tile_loadd(4, ab + kb, K64);
-    _tile_loadd(5, ab + 16 * K64 + kb, K64);
-    _tile_loadd(6, b0 + kb * 16, 64);
-    _tile_loadd(7, b1 + kb * 16, 64);
-    _tile_dpbusd(0, 4, 6);
-    _tile_dpbusd(1, 4, 7);
-    _tile_dpbusd(2, 5, 6);
-    _tile_dpbusd(3, 5, 7);
-  }
   alignas(64) int32_t c[32 * 32];
-  _tile_stored(0, c, 128);
-  _tile_stored(1, c + 16, 128);
-  _tile_stored(2, c + 16 * 32, 128);
-  _tile_stored(3, c + 16 * 32 + 16, 128);
+  amx_block_2x2<true>(ab, K64, b0, b0 + K64 * 16, K64, c);
   const int64_t nv = panels - p0 < 2 ? panels - p0 : 2;
   const __mmask16 last = tail_mask(g.N);
   for (int64_t r = 0; r < mr; ++r)
@@ -528,7 +493,7 @@ void qgemm_range_amx(const QGemmArgs& g, int64_t t0, int64_t t1) {
   const QAmxFn fn = qamx_for(g.act);
   const int64_t K64 = qamx_k(g.K), panels = (g.N + 15) / 16, col_blocks = qamx_col_blocks(g);
   uint8_t* ab = qamx_scratch(static_cast<size_t>(32 * K64));
-  qamx_config();
+  amx_tiles_config();
   int64_t loaded = -1;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t mb = t / col_blocks, p0 = t % col_blocks * 2, m0 = mb * 32;
@@ -547,7 +512,7 @@ void qgemm_range_amx(const QGemmArgs& g, int64_t t0, int64_t t1) {
     }
     fn(g, m0, mr, p0, ab, K64, panels);
   }
-  qamx_release();
+  amx_tiles_release();
 }
 
 }  // namespace

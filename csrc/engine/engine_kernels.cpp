@@ -24,6 +24,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include "engine_amx.h"
 #include "engine_simd.h"
 
 #include <sys/syscall.h>
@@ -421,40 +422,15 @@ EK_AVX512 void bf16_to_f32_impl(const uint16_t* x, float* y, int64_t n) {
 // tdpbf16ps wants). Per 32 k: 4 tile loads, 4 tdpbf16ps (16 x 16 x 32 MACs each).
 #define EK_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,avx2")))
 
-struct TileCfg {
-  uint8_t palette, start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
 using AmxFn = void (*)(const GemmArgs&, int64_t, int64_t, int64_t, const uint16_t*, int64_t,
                        int64_t);
 
 template <EAct A, bool RES, typename TO>
 EK_AMX void amx_block(const GemmArgs& g, int64_t m0, int64_t mr, int64_t p0, const uint16_t* ab,
                       int64_t Kp, int64_t panels) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
   const uint16_t* b0 = static_cast<const uint16_t*>(g.b) + p0 * Kp * 16;
-  const uint16_t* b1 = b0 + Kp * 16;
-  for (int64_t kb = 0; kb < Kp; kb += 32) {
-    _tile_loadd(4, ab + kb, Kp * 2);
-    _tile_loadd(5, ab + 16 * Kp + kb, Kp * 2);
-    _tile_loadd(6, b0 + kb * 16, 64);
-    _tile_loadd(7, b1 + kb * 16, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
   alignas(64) float c[32 * 32];
-  _tile_stored(0, c, 128);
-  _tile_stored(1, c + 16, 128);
-  _tile_stored(2, c + 16 * 32, 128);
-  _tile_stored(3, c + 16 * 32 + 16, 128);
+  amx_block_2x2<false>(ab, Kp * 2, b0, b0 + Kp * 16, Kp * 2, c);
   const int64_t nv = panels - p0 < 2 ? panels - p0 : 2;
   const __mmask16 last = tail_mask(g.N);
   const float* bias = g.bias + p0 * 16;
@@ -490,18 +466,6 @@ AmxFn amx_for_act(EAct a) {
   }
 }
 
-EK_AMX void amx_config() {
-  TileCfg cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cfg.palette = 1;
-  for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
-  // Not GCC's _tile_loadconfig: its asm names only the first 8 bytes as read, and GCC 12 then
-  // drops the stores of colsb/rows as dead (ldtilecfg of a zero config: SIGSEGV).
-  __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
-}
-
-EK_AMX void amx_release() { _tile_release(); }
-
 // A per-thread buffer for the zero-padded A block (grown, never shrunk).
 uint16_t* amx_scratch(size_t n) {
   thread_local std::vector<uint16_t> buf;
@@ -519,7 +483,7 @@ void gemm_range_amx(const GemmArgs& g, int64_t t0, int64_t t1) {
   const int64_t col_blocks = (panels + 1) / 2;
   uint16_t* ab = amx_scratch(static_cast<size_t>(32 * Kp));
   const uint16_t* a = static_cast<const uint16_t*>(g.a);
-  amx_config();
+  amx_tiles_config();
   int64_t loaded = -1;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t mb = t / col_blocks, p0 = t % col_blocks * 2, m0 = mb * 32;
@@ -538,7 +502,7 @@ void gemm_range_amx(const GemmArgs& g, int64_t t0, int64_t t1) {
     }
     fn(g, m0, mr, p0, ab, Kp, panels);
   }
-  amx_release();
+  amx_tiles_release();
 }
 
 }  // namespace
