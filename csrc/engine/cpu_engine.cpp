@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "../common/cpu_isa.h"
+#include "engine_amx.h"
 #include "engine_kernels.h"
 #include "engine_util.h"
 
@@ -73,13 +74,7 @@ Depthwise make_dw(const at::Tensor& w, const at::Tensor& b, Geo geo, EAct act) {
 
 // AMX for this process's bfloat16 engines: the CPU has it, Linux granted it, and the
 // environment does not say EFFNET_CPU_AMX=0. (CpuEngine.set_amx overrides it per engine.)
-bool amx_default() {
-  static const bool on = [] {
-    const char* env = std::getenv("EFFNET_CPU_AMX");
-    return !(env != nullptr && std::string(env) == "0") && amx_supported();
-  }();
-  return on;
-}
+bool amx_default() { return amx_env_allows() && amx_supported(); }
 
 // Runs a whole GEMM over ATen's threads; bfloat16 GEMMs of >= 16 rows on AMX when `amx`.
 void run_gemm(GemmArgs g, bool amx, bool avx2) {

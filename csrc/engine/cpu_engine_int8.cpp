@@ -24,7 +24,6 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <sstream>
@@ -35,6 +34,7 @@
 #include "../common/cpu_isa.h"
 #include "../dwconv/dwconv.h"
 #include "../se/se.h"
+#include "engine_amx.h"
 #include "engine_int8.h"
 #include "engine_util.h"
 
@@ -56,13 +56,7 @@ const char* act_name(EAct a) {
 
 // AMX-INT8 for the engine's 1x1 layers where the CPU has it and the environment does not say
 // EFFNET_CPU_AMX=0 (CpuEngineInt8.set_amx overrides it per engine; the results are the same).
-bool int8_amx_default() {
-  static const bool on = [] {
-    const char* env = std::getenv("EFFNET_CPU_AMX");
-    return !(env != nullptr && std::string(env) == "0") && int8_amx_supported();
-  }();
-  return on;
-}
+bool int8_amx_default() { return amx_env_allows() && int8_amx_supported(); }
 
 struct QLinear {  // an int8 1x1 conv, packed
   at::Tensor packed, comp, scale, bias;  // bytes; int32 / float32 [round16(N)]
@@ -93,7 +87,7 @@ QLinear make_qlinear(const at::Tensor& w, const at::Tensor& scale, const at::Ten
                 L.comp.data_ptr<int32_t>());
   int32_t* c = L.comp.data_ptr<int32_t>();
   for (int64_t n = 0; n < Np; ++n) c[n] *= 128 + L.in_zp;
-  if (L.K >= 64 && int8_amx_supported()) {  // (the layers use_amx takes; see engine_int8.cpp)
+  if (qamx_takes(L.K) && int8_amx_supported()) {
     L.amx = at::empty({qamx_bytes(L.K, L.N)}, at::kByte);
     qamx_pack(reinterpret_cast<const int8_t*>(L.packed.data_ptr()), L.K, L.N,
               reinterpret_cast<int8_t*>(L.amx.data_ptr()));

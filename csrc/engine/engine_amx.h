@@ -8,7 +8,10 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #define EK_AMX_TILES \
   __attribute__((target("amx-tile,amx-bf16,amx-int8,avx512f,avx512bw,avx512dq,avx512vl")))
@@ -33,6 +36,50 @@ EK_AMX_TILES inline void amx_tiles_config() {
 }
 
 EK_AMX_TILES inline void amx_tiles_release() { _tile_release(); }
+
+// False when the environment says EFFNET_CPU_AMX=0 (the engines' AMX default; their set_amx
+// overrides it per engine).
+inline bool amx_env_allows() {
+  static const bool on = [] {
+    const char* env = std::getenv("EFFNET_CPU_AMX");
+    return !(env != nullptr && std::string(env) == "0");
+  }();
+  return on;
+}
+
+// Column blocks (pairs of 16-column panels) of an N-column GEMM on the tiles.
+inline int64_t amx_col_blocks(int64_t N) { return ((N + 15) / 16 + 1) / 2; }
+
+// Runs blocks [t0, t1) of an M x N GEMM on the tiles, block t = (32-row block t / col_blocks,
+// panel pair t % col_blocks): each row block's A rows (row_bytes of each, lda bytes apart) are
+// copied once into a per-thread 32 x kbytes block, zero past row_bytes and past row M, then
+// run(m0, mr, p0, block) for each of its column pairs (p0: first panel; mr: valid rows).
+template <typename Run>
+void amx_walk(const void* a, int64_t lda, int64_t row_bytes, int64_t kbytes, int64_t M,
+              int64_t N, int64_t t0, int64_t t1, const Run& run) {
+  thread_local std::vector<char> buf;
+  if (buf.size() < static_cast<size_t>(32 * kbytes)) buf.resize(static_cast<size_t>(32 * kbytes));
+  char* ab = buf.data();
+  const char* pa = static_cast<const char*>(a);
+  const int64_t col_blocks = amx_col_blocks(N);
+  amx_tiles_config();
+  int64_t loaded = -1;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t mb = t / col_blocks, p0 = t % col_blocks * 2, m0 = mb * 32;
+    const int64_t mr = M - m0 < 32 ? M - m0 : 32;
+    if (mb != loaded) {
+      for (int64_t r = 0; r < 32; ++r) {
+        char* dst = ab + r * kbytes;
+        const int64_t n = r < mr ? row_bytes : 0;
+        if (n > 0) std::memcpy(dst, pa + (m0 + r) * lda, static_cast<size_t>(n));
+        std::memset(dst + n, 0, static_cast<size_t>(kbytes - n));
+      }
+      loaded = mb;
+    }
+    run(m0, mr, p0, ab);
+  }
+  amx_tiles_release();
+}
 
 // c (32 x 32 four-byte elements, row stride 128 bytes) = sum over kbytes (a multiple of 64) of
 // A (32 rows at a, lda bytes apart) times the panels b0, b1 (tile row r of step kb at

@@ -436,7 +436,6 @@ EQ_AVX512 void quantize_impl(const float* x, int64_t n, float inv, float zp, boo
   }
 }
 
-
 // ---- AMX-INT8 (tdpbusd) --------------------------------------------------------------------
 // C[32 x 32] per block in four 16 x 16 int32 tiles (tmm0-3); A as two 16-row x 64-byte tiles
 // (tmm4-5) from a zero-padded copy of the block's u8 rows (32 x K64); B as two tiles of 16
@@ -480,39 +479,13 @@ QAmxFn qamx_for(EAct a) {
   }
 }
 
-// A per-thread buffer for the zero-padded A block (grown, never shrunk).
-uint8_t* qamx_scratch(size_t n) {
-  thread_local std::vector<uint8_t> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
-int64_t qamx_col_blocks(const QGemmArgs& g) { return ((g.N + 15) / 16 + 1) / 2; }
-
 void qgemm_range_amx(const QGemmArgs& g, int64_t t0, int64_t t1) {
   const QAmxFn fn = qamx_for(g.act);
-  const int64_t K64 = qamx_k(g.K), panels = (g.N + 15) / 16, col_blocks = qamx_col_blocks(g);
-  uint8_t* ab = qamx_scratch(static_cast<size_t>(32 * K64));
-  amx_tiles_config();
-  int64_t loaded = -1;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t mb = t / col_blocks, p0 = t % col_blocks * 2, m0 = mb * 32;
-    const int64_t mr = g.M - m0 < 32 ? g.M - m0 : 32;
-    if (mb != loaded) {  // the block's rows, zero-padded to 32 x K64
-      for (int64_t r = 0; r < 32; ++r) {
-        uint8_t* dst = ab + r * K64;
-        if (r < mr) {
-          std::memcpy(dst, g.a + (m0 + r) * g.lda, static_cast<size_t>(g.K));
-          std::memset(dst + g.K, 0, static_cast<size_t>(K64 - g.K));
-        } else {
-          std::memset(dst, 0, static_cast<size_t>(K64));
-        }
-      }
-      loaded = mb;
-    }
-    fn(g, m0, mr, p0, ab, K64, panels);
-  }
-  amx_tiles_release();
+  const int64_t K64 = qamx_k(g.K), panels = (g.N + 15) / 16;
+  amx_walk(g.a, g.lda, g.K, K64, g.M, g.N, t0, t1,
+           [&](int64_t m0, int64_t mr, int64_t p0, const char* ab) {
+             fn(g, m0, mr, p0, reinterpret_cast<const uint8_t*>(ab), K64, panels);
+           });
 }
 
 }  // namespace
@@ -554,12 +527,10 @@ bool int8_amx_supported() {
 #endif
 }
 
-// AMX where K >= 64: below, the K64 zero padding multiplies the tile work (K = 16-40 expands:
-// 2-4x) and the VNNI tiles measured as fast or faster (benchmarks/NOTES.md, "AMX-INT8").
-static bool use_amx(const QGemmArgs& g) { return g.amx_b != nullptr && g.K >= 64; }
+static bool use_amx(const QGemmArgs& g) { return g.amx_b != nullptr && qamx_takes(g.K); }
 
 int64_t qgemm_tiles(const QGemmArgs& g) {
-  if (use_amx(g)) return (g.M + 31) / 32 * qamx_col_blocks(g);
+  if (use_amx(g)) return (g.M + 31) / 32 * amx_col_blocks(g.N);
   const Tiling t(g.M, g.N);
   return t.row_tiles * t.col_tiles;
 }

@@ -37,6 +37,10 @@ void qpack_weights(const int8_t* w, int64_t N, int64_t K, int8_t* out, int32_t* 
 // True when this CPU has AMX-INT8 and Linux grants the tile state (see amx_supported()).
 bool int8_amx_supported();
 inline int64_t qamx_k(int64_t K) { return (K + 63) / 64 * 64; }
+// The layers the AMX path takes: K >= 64 (below, the K64 zero padding multiplies the tile work —
+// K = 16-40 expands: 2-4x — and the VNNI tiles measured as fast or faster; benchmarks/NOTES.md,
+// "AMX-INT8"). Only these get an AMX packing.
+inline bool qamx_takes(int64_t K) { return K >= 64; }
 inline int64_t qamx_bytes(int64_t K, int64_t N) { return (N + 31) / 32 * 32 * qamx_k(K); }
 void qamx_pack(const int8_t* vnni, int64_t K, int64_t N, int8_t* out);
 

@@ -466,13 +466,6 @@ AmxFn amx_for_act(EAct a) {
   }
 }
 
-// A per-thread buffer for the zero-padded A block (grown, never shrunk).
-uint16_t* amx_scratch(size_t n) {
-  thread_local std::vector<uint16_t> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
 void gemm_range_amx(const GemmArgs& g, int64_t t0, int64_t t1) {
   const bool res = g.res != nullptr;
   const AmxFn fn = g.y_dt == DT::BF16
@@ -480,29 +473,10 @@ void gemm_range_amx(const GemmArgs& g, int64_t t0, int64_t t1) {
                               : amx_for_act<false, uint16_t>(g.act))
                        : (res ? amx_for_act<true, float>(g.act) : amx_for_act<false, float>(g.act));
   const int64_t Kp = packed_k(g.K, DT::BF16), panels = (g.N + 15) / 16;
-  const int64_t col_blocks = (panels + 1) / 2;
-  uint16_t* ab = amx_scratch(static_cast<size_t>(32 * Kp));
-  const uint16_t* a = static_cast<const uint16_t*>(g.a);
-  amx_tiles_config();
-  int64_t loaded = -1;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t mb = t / col_blocks, p0 = t % col_blocks * 2, m0 = mb * 32;
-    const int64_t mr = g.M - m0 < 32 ? g.M - m0 : 32;
-    if (mb != loaded) {  // copy the block's rows, zero-padded to 32 x Kp
-      for (int64_t r = 0; r < 32; ++r) {
-        uint16_t* dst = ab + r * Kp;
-        if (r < mr) {
-          std::memcpy(dst, a + (m0 + r) * g.lda, sizeof(uint16_t) * g.K);
-          std::memset(dst + g.K, 0, sizeof(uint16_t) * (Kp - g.K));
-        } else {
-          std::memset(dst, 0, sizeof(uint16_t) * Kp);
-        }
-      }
-      loaded = mb;
-    }
-    fn(g, m0, mr, p0, ab, Kp, panels);
-  }
-  amx_tiles_release();
+  amx_walk(g.a, g.lda * 2, g.K * 2, Kp * 2, g.M, g.N, t0, t1,
+           [&](int64_t m0, int64_t mr, int64_t p0, const char* ab) {
+             fn(g, m0, mr, p0, reinterpret_cast<const uint16_t*>(ab), Kp, panels);
+           });
 }
 
 }  // namespace
