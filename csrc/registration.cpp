@@ -61,6 +61,16 @@ TORCH_LIBRARY(effnet, m) {
       "Tensor? gate) -> (Tensor, Tensor, Tensor, Tensor)");
   // Training: per-channel (mean, biased variance) of a channels_last float32 z over (N, H, W).
   m.def("batch_stats(Tensor z) -> (Tensor, Tensor)");
+  // Training: the depthwise conv (weight (C, 1, k, k), no bias, stride 1/2, zero padding
+  // (left, right, top, bottom)) of act((x - mean) * scale + beta) — of x itself without mean /
+  // scale / beta — for channels_last float32 / float64 x, the activated input never written;
+  // and its backward for dz: (dx, dweight, dscale, dbeta), dscale / dbeta empty without BN.
+  m.def(
+      "dwconv_train(Tensor x, Tensor weight, Tensor? mean, Tensor? scale, Tensor? beta, str act, "
+      "int stride, int[] padding) -> Tensor");
+  m.def(
+      "dwconv_train_backward(Tensor x, Tensor dz, Tensor weight, Tensor? mean, Tensor? scale, "
+      "Tensor? beta, str act, int stride, int[] padding) -> (Tensor, Tensor, Tensor, Tensor)");
   // Training: y = act((x - mean) * scale + beta) [* gate[n, c]], channels_last float32, one pass.
   m.def(
       "bn_act_apply(Tensor x, Tensor mean, Tensor scale, Tensor beta, str act, Tensor? gate) -> "

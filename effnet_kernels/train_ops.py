@@ -31,15 +31,19 @@ Every op except ``se_gate`` also takes ``backend`` ("auto", "cpu", "triton", "to
 and the gated input. BatchNorm in training mode is then the composition ``batch_stats`` →
 ``scale = γ/√(var + ε)`` → prologue, whose autograd gradient is BatchNorm's.
 
-**Implementation status.** Three fused C++ CPU kernels (backend ``"cpu"``, and ``"auto"`` on
+**Implementation status.** Fused C++ CPU kernels (backend ``"cpu"``, and ``"auto"`` on
 float32 CPU tensors): ``effnet::bn_act_apply`` — the BN-act prologue (+ the SE gate) in one
 pass, forward and its recomputation in backward —, ``effnet::bn_act_backward`` — its backward
-in one pass — and ``effnet::batch_stats``. Two Triton kernels with the same contracts
+in one pass —, ``effnet::batch_stats``, and the depthwise conv with its input's prologue fused,
+``effnet::dwconv_train`` / ``effnet::dwconv_train_backward`` (the activated input never
+written: forward through a ring of activated rows and the engine's AVX-512 / AVX2 depthwise row
+kernel; backward dx, dweight, dscale, dbeta in one pass over x and dz; float64 too on "cpu", for
+gradcheck). Two Triton kernels with the same contracts
 (``effnet_kernels/triton/train.py``, operators ``torch.ops.effnet_train_triton.*``; backend
 ``"triton"``, and ``"auto"`` on CUDA tensors), tested through the interpreter, **not yet run on
-a GPU**. Everything else is an ATen composition (F.conv2d, ``aten.convolution_backward``,
-matmul, the pool's mean, the residual add, the SE MLP, and on a GPU the statistics); backend
-``"torch"`` is ATen only. No CUDA C++ training kernels.
+a GPU**. Everything else is an ATen composition (the 1×1 convs' matmul, the depthwise conv
+on the other backends — F.conv2d and ``aten.convolution_backward`` —, the pool's mean, the
+residual add, the SE MLP, and on a GPU the statistics); backend ``"torch"`` is ATen only. No CUDA C++ training kernels.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ __all__ = ["SCHEMAS", "BACKENDS", "batch_stats", "bn_act", "bn_act_pool", "dwcon
            "se_gate", "act_grad"]
 
 # The C++ CPU kernels of the "cpu" backend (csrc/<name>/<name>_cpu.cpp).
-CPU_KERNELS = ("bn_act_apply", "bn_act_backward", "batch_stats")
+CPU_KERNELS = ("bn_act_apply", "bn_act_backward", "batch_stats", "dwconv_train",
+               "dwconv_train_backward")
 
 
 def _has_cpu_kernel() -> bool:
@@ -118,6 +123,19 @@ if "cpu" in BACKENDS:
     @torch.library.register_fake("effnet::batch_stats")
     def _(z):
         return z.new_empty((z.shape[1],)), z.new_empty((z.shape[1],))
+
+    @torch.library.register_fake("effnet::dwconv_train")
+    def _(x, weight, mean, scale, beta, act, stride, padding):
+        from .registry import dwconv_out_size
+
+        N, C, H, W = x.shape
+        return _empty_nhwc(x, (N, C, *dwconv_out_size(H, W, weight.shape[-1], stride, padding)))
+
+    @torch.library.register_fake("effnet::dwconv_train_backward")
+    def _(x, dz, weight, mean, scale, beta, act, stride, padding):
+        c = x.shape[1] if mean is not None else 0
+        return (_empty_nhwc(x, x.shape), weight.new_empty(weight.shape),
+                x.new_empty((c,)), x.new_empty((c,)))
 
 _NS = "effnet_train"
 SCHEMAS = {
@@ -411,8 +429,28 @@ def _dw_conv(xt: Tensor, w: Tensor, stride: int, padding: Sequence[int]) -> Tens
     return F.conv2d(F.pad(xt, (left, right, top, bottom)), w, None, stride, groups=xt.shape[1])
 
 
+def _dw_fused(backend: str, x: Tensor) -> bool:
+    """True when the depthwise op runs the fused C++ kernels (effnet::dwconv_train and its
+    backward: the prologue applied on load, the activated input never written): backend "cpu"
+    (float32 / float64 CPU tensors) and "auto" on float32 CPU tensors."""
+    if backend not in ("cpu", "auto") or x.device.type != "cpu" or "cpu" not in BACKENDS:
+        return False
+    if backend == "cpu" and x.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError("training ops backend 'cpu': the C++ kernels take float32 CPU "
+                           f"tensors (float64 for the depthwise conv), got {x.dtype}")
+    return x.dtype == torch.float32 or backend == "cpu"
+
+
+def _dw_args(x: Tensor, weight, mean, scale, beta):
+    dt = x.dtype
+    return (weight.to(dt), *(None if v is None else v.to(dt) for v in (mean, scale, beta)))
+
+
 @torch.library.custom_op(f"{_NS}::dwconv", mutates_args=(), schema=SCHEMAS["dwconv"])
 def _dwconv(x, weight, mean, scale, beta, act, stride, padding, backend):
+    if _dw_fused(backend, x):
+        return torch.ops.effnet.dwconv_train(_nhwc(x), *_dw_args(x, weight, mean, scale, beta),
+                                             act, stride, padding)
     xt = _prologue(x, mean, scale, beta, act, None, backend).to(x.dtype)
     return _as_nhwc_out(_dw_conv(_nhwc(xt), weight.to(x.dtype), stride, padding), x.dtype)
 
@@ -434,6 +472,15 @@ def _dwconv_backward(ctx, dz):
     x, weight, mean, scale, beta = ctx.saved_tensors
     stride, (left, right, top, bottom) = ctx.stride, ctx.padding
     need = ctx.needs_input_grad
+    if _dw_fused(ctx.backend, x):
+        dx, dw, dscale, dbeta = torch.ops.effnet.dwconv_train_backward(
+            x, _nhwc(dz.to(x.dtype)), *_dw_args(x, weight, mean, scale, beta), ctx.act, stride,
+            ctx.padding)
+        bn = mean is not None
+        return (dx if need[0] else None, dw.to(weight.dtype) if need[1] else None,
+                (-dbeta * scale.to(dbeta.dtype)).to(mean.dtype) if bn and need[2] else None,
+                dscale.to(scale.dtype) if bn and need[3] else None,
+                dbeta.to(beta.dtype) if bn and need[4] else None, None, None, None, None)
     xt = _nhwc(_prologue(x, mean, scale, beta, ctx.act, None, ctx.backend).to(x.dtype))
     sym = left == right and top == bottom
     xin = xt if sym else F.pad(xt, (left, right, top, bottom))

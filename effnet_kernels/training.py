@@ -244,7 +244,10 @@ class TrainableEfficientNet(nn.Module):
                   "triton": "triton (kernel effnet_train_triton::{})"}.get(be)
         return {"bn_act_backward": kernel.format("bn_act_backward") if kernel
                 else "torch (ATen ops)",
-                "convs": "torch (F.conv2d, aten.convolution_backward, matmul)",
+                "depthwise convs": "cpu (C++ kernels effnet::dwconv_train / "
+                                   "dwconv_train_backward, float32, BN-act prologue fused)"
+                if be == "cpu" else "torch (F.conv2d, aten.convolution_backward)",
+                "1x1 convs": "torch (matmul)",
                 "batch_stats": "cpu (C++ kernel effnet::batch_stats, float32)" if be == "cpu"
                 else "torch (ATen var_mean)",
                 "bn_act prologue (forward, recomputed in backward)":

@@ -342,3 +342,79 @@ def test_errors():
     if "triton" in T.BACKENDS:
         with pytest.raises(RuntimeError, match="float32 / float16 / bfloat16"):
             T.bn_act(x.double(), v.double(), v.double(), v.double(), backend="triton")
+
+
+# The fused depthwise kernels (effnet::dwconv_train / dwconv_train_backward): the DW_CASES plus
+# C = 96 at 30×30 (channel blocks of 32, several rows per task, a stride-1 ring) and a stride-2
+# 5×5 with a ReLU.
+DW_KERNEL_CASES = DW_CASES + [(2, 30, 30, 1, 3, (1, 1, 1, 1), "silu"),
+                              (2, 17, 19, 2, 5, (2, 2, 2, 2), "relu")]
+
+
+@needs_kernel
+@pytest.mark.parametrize("bn", [True, False])
+@pytest.mark.parametrize("n,h,w,stride,k,pads,act", DW_KERNEL_CASES)
+def test_dwconv_kernel(n, h, w, stride, k, pads, act, bn, cpu_isa):
+    """The fused C++ depthwise conv with its input's BN-act prologue (each CPU ISA build: the
+    portable loops, the engine's AVX2 and AVX-512 row kernels) in float32 against the ATen
+    composition in float64: z, and the gradients of x, the weight, mean, scale and beta."""
+    c = 96 if h == 30 else C
+    x = (torch.randn(n, c, h, w) * 3).contiguous(memory_format=CL).requires_grad_()
+    wt = torch.randn(c, 1, k, k).requires_grad_()
+    vecs = [v.requires_grad_() for v in (torch.randn(c), torch.rand(c) + 0.5, torch.randn(c))]
+    ins = [x, wt] + (vecs if bn else [])
+    ins64 = [t.detach().double().requires_grad_() for t in ins]
+    if not bn:
+        vecs = [None] * 3
+    assert T._dw_fused("cpu", x) and T._dw_fused("auto", x)
+    out = T.dwconv(x, wt, *vecs, act, stride, pads, backend="cpu")
+    ref = T.dwconv(*ins64[:2], *(ins64[2:] if bn else vecs), act, stride, pads, backend="torch")
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=CL)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+    dz = torch.randn(ref.shape, dtype=F64).contiguous(memory_format=CL)
+    got = torch.autograd.grad(out, ins, dz.float())
+    want = torch.autograd.grad(ref, ins64, dz)
+    for i, (u, v) in enumerate(zip(got, want)):
+        assert u.dtype == torch.float32, i
+        assert ((u.double() - v).norm() / v.norm()).item() < 1e-5, i
+    assert got[0].is_contiguous(memory_format=CL)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,h,w,stride,k,pads,act", DW_CASES)
+def test_dwconv_kernel_gradcheck(n, h, w, stride, k, pads, act, cpu_isa):
+    """float64 gradcheck of the fused kernels themselves (backend "cpu" runs them in float64)."""
+    x, wt = x4(n, C, h, w, scale=3.0), vec(C * k * k).detach().view(C, 1, k, k).requires_grad_()
+    m, s, b = bn_vecs()
+    assert T._dw_fused("cpu", x) and not T._dw_fused("auto", x)
+    gradcheck(lambda *a: T.dwconv(*a, act, stride, pads, backend="cpu"), (x, wt, m, s, b))
+    gradcheck(lambda x, wt: T.dwconv(x, wt, stride=stride, padding=pads, backend="cpu"), (x, wt))
+
+
+@needs_kernel
+def test_dwconv_kernel_opcheck_and_errors():
+    ops = torch.ops.effnet
+    x = torch.randn(3, C, 13, 11).contiguous(memory_format=CL)
+    wt, m, s, b = torch.randn(C, 1, 5, 5), torch.randn(C), torch.rand(C) + 0.5, torch.randn(C)
+    pads = [1, 2, 1, 2]
+    z = ops.dwconv_train(x, wt, m, s, b, "silu", 2, pads)
+    dz = torch.randn_like(z).contiguous(memory_format=CL)
+    torch.library.opcheck(ops.dwconv_train.default, (x, wt, m, s, b, "silu", 2, pads))
+    torch.library.opcheck(ops.dwconv_train.default, (x, wt, None, None, None, "identity", 1,
+                                                      [2, 2, 2, 2]))
+    torch.library.opcheck(ops.dwconv_train_backward.default,
+                          (x, dz, wt, m, s, b, "silu", 2, pads))
+    with pytest.raises(ValueError, match="dz must be"):
+        ops.dwconv_train_backward(x, dz[:, :, 1:], wt, m, s, b, "silu", 2, pads)
+    with pytest.raises(ValueError, match="dz must be"):
+        ops.dwconv_train_backward(x, dz.double(), wt, m, s, b, "silu", 2, pads)
+    with pytest.raises(ValueError, match="channels_last"):
+        ops.dwconv_train(x.contiguous(), wt, m, s, b, "silu", 2, pads)
+    with pytest.raises(ValueError, match="all of mean"):
+        ops.dwconv_train(x, wt, m, None, b, "silu", 2, pads)
+    with pytest.raises(ValueError, match="padding"):
+        ops.dwconv_train(x, wt, m, s, b, "silu", 2, [1, 5, 1, 2])
+    with pytest.raises(ValueError, match="unknown activation"):
+        ops.dwconv_train(x, wt, m, s, b, "gelu", 2, pads)
+    with pytest.raises(RuntimeError, match="float32"):
+        T.dwconv(x.bfloat16(), wt, m, s, b, "silu", 2, pads, backend="cpu")

@@ -110,29 +110,6 @@ inline int64_t row_vec(const Row& r, int64_t C) {
   return c;
 }
 
-#if EFFNET_HAVE_AVX2_BUILD
-// (act(v), act'(v)) for 8 lanes with AVX2 (cpu_math.h's exp polynomial).
-template <Act A>
-EFFNET_TARGET_AVX2 inline void act_and_grad256(__m256 v, __m256& a, __m256& g) {
-  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-  if constexpr (A == Act::SiLU) {
-    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, cpu::exp256(_mm256_sub_ps(zero, v))));
-    a = _mm256_mul_ps(v, s);
-    g = _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one));
-  } else if constexpr (A == Act::ReLU6) {
-    const __m256 six = _mm256_set1_ps(6.0f);
-    a = cpu::act256<A>(v);
-    g = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ),
-                                    _mm256_cmp_ps(v, six, _CMP_LT_OQ)), one);
-  } else if constexpr (A == Act::ReLU) {
-    a = cpu::act256<A>(v);
-    g = _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), one);
-  } else {
-    a = v;
-    g = one;
-  }
-}
-#endif
 
 // The vector steps of a row with AVX2 intrinsics (8 channels a step).
 template <Act A, bool G>
@@ -142,7 +119,7 @@ C10_NOINLINE EFFNET_TARGET_AVX2 int64_t row_avx2(const Row& r, int64_t C) {
   for (; c + 8 <= C; c += 8) {
     const __m256 xv = _mm256_loadu_ps(r.x + c), sc = _mm256_loadu_ps(r.scale + c);
     __m256 a, g;
-    act_and_grad256<A>(_mm256_fmadd_ps(xv, sc, _mm256_loadu_ps(r.shift + c)), a, g);
+    cpu::act_and_grad256<A>(_mm256_fmadd_ps(xv, sc, _mm256_loadu_ps(r.shift + c)), a, g);
     __m256 d = _mm256_loadu_ps(r.dy + c);
     if constexpr (G) {
       _mm256_storeu_ps(r.ag + c, _mm256_fmadd_ps(d, a, _mm256_loadu_ps(r.ag + c)));

@@ -93,6 +93,55 @@ EFFNET_TARGET_AVX2 inline __m256 act256(__m256 v) {
   }
 }
 
+// (act(v), act'(v)) for 8 lanes (PyTorch's derivative conventions: 0 at the ReLU / ReLU6 kinks):
+// the training kernels' backward (bn_act_backward, dwconv_train).
+template <Act A>
+EFFNET_TARGET_AVX2 inline void act_and_grad256(__m256 v, __m256& a, __m256& g) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  if constexpr (A == Act::SiLU) {
+    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(zero, v))));
+    a = _mm256_mul_ps(v, s);
+    g = _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one));
+  } else if constexpr (A == Act::ReLU6) {
+    const __m256 six = _mm256_set1_ps(6.0f);
+    a = act256<A>(v);
+    g = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ),
+                                    _mm256_cmp_ps(v, six, _CMP_LT_OQ)), one);
+  } else if constexpr (A == Act::ReLU) {
+    a = act256<A>(v);
+    g = _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), one);
+  } else {
+    a = v;
+    g = one;
+  }
+}
+
+// For n float32 values, v = x[j]·scale[j % C] + shift[j % C] over pixels of C channels:
+// a[j] = act(v) and, with G, g[j] = act'(v) — the 8-lane part of each pixel; returns nothing,
+// the caller finishes channels [C & ~7, C) of every pixel. The BN-act prologue of the training
+// kernels (dwconv_train).
+template <Act A, bool G>
+EFFNET_TARGET_AVX2 inline void bn_act_pixels_avx2(const float* x, const float* scale,
+                                                  const float* shift, int64_t pixels, int64_t C,
+                                                  float* a, float* g) {
+  const int64_t C8 = C & ~int64_t{7};
+  for (int64_t p = 0; p < pixels; ++p) {
+    const int64_t o = p * C;
+    for (int64_t c = 0; c < C8; c += 8) {
+      const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(x + o + c), _mm256_loadu_ps(scale + c),
+                                       _mm256_loadu_ps(shift + c));
+      if constexpr (G) {
+        __m256 av, gv;
+        act_and_grad256<A>(v, av, gv);
+        _mm256_storeu_ps(a + o + c, av);
+        _mm256_storeu_ps(g + o + c, gv);
+      } else {
+        _mm256_storeu_ps(a + o + c, act256<A>(v));
+      }
+    }
+  }
+}
+
 // For one row of n float32 values: v = act(a[j] + bias[j]) (+ res[j] when RES); then
 // y[j] = v (STORE) or psum[j] += v. The fused epilogue of bias_act and pointwise_conv.
 template <Act A, bool RES, bool STORE>
