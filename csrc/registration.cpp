@@ -61,6 +61,9 @@ TORCH_LIBRARY(effnet, m) {
       "Tensor? gate) -> (Tensor, Tensor, Tensor, Tensor)");
   // Training: per-channel (mean, biased variance) of a channels_last float32 z over (N, H, W).
   m.def("batch_stats(Tensor z) -> (Tensor, Tensor)");
+  // Training: its backward, dz = (z - mean) * 2 * dvar / m + dmean / m (m = N*H*W), one pass;
+  // an absent dmean / dvar is zero.
+  m.def("batch_stats_backward(Tensor z, Tensor mean, Tensor? dmean, Tensor? dvar) -> Tensor");
   // Training: the depthwise conv (weight (C, 1, k, k), no bias, stride 1/2, zero padding
   // (left, right, top, bottom)) of act((x - mean) * scale + beta) — of x itself without mean /
   // scale / beta — for channels_last float32 / float64 x, the activated input never written;

@@ -34,7 +34,8 @@ and the gated input. BatchNorm in training mode is then the composition ``batch_
 **Implementation status.** Fused C++ CPU kernels (backend ``"cpu"``, and ``"auto"`` on
 float32 CPU tensors): ``effnet::bn_act_apply`` — the BN-act prologue (+ the SE gate) in one
 pass, forward and its recomputation in backward —, ``effnet::bn_act_backward`` — its backward
-in one pass —, ``effnet::batch_stats``, and the depthwise conv with its input's prologue fused,
+in one pass —, ``effnet::batch_stats`` and its backward ``effnet::batch_stats_backward`` (one pass
+instead of four), and the depthwise conv with its input's prologue fused,
 ``effnet::dwconv_train`` / ``effnet::dwconv_train_backward`` (the activated input never
 written: forward through a ring of activated rows and the engine's AVX-512 / AVX2 depthwise row
 kernel; backward dx, dweight, dscale, dbeta in one pass over x and dz; float64 too on "cpu", for
@@ -60,8 +61,8 @@ __all__ = ["SCHEMAS", "BACKENDS", "batch_stats", "bn_act", "bn_act_pool", "dwcon
            "se_gate", "act_grad"]
 
 # The C++ CPU kernels of the "cpu" backend (csrc/<name>/<name>_cpu.cpp).
-CPU_KERNELS = ("bn_act_apply", "bn_act_backward", "batch_stats", "dwconv_train",
-               "dwconv_train_backward")
+CPU_KERNELS = ("bn_act_apply", "bn_act_backward", "batch_stats", "batch_stats_backward",
+               "dwconv_train", "dwconv_train_backward")
 
 
 def _has_cpu_kernel() -> bool:
@@ -123,6 +124,10 @@ if "cpu" in BACKENDS:
     @torch.library.register_fake("effnet::batch_stats")
     def _(z):
         return z.new_empty((z.shape[1],)), z.new_empty((z.shape[1],))
+
+    @torch.library.register_fake("effnet::batch_stats_backward")
+    def _(z, mean, dmean, dvar):
+        return _empty_nhwc(z, z.shape)
 
     @torch.library.register_fake("effnet::dwconv_train")
     def _(x, weight, mean, scale, beta, act, stride, padding):
@@ -313,10 +318,15 @@ def _(z, backend):
 
 def _batch_stats_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output[0])
+    ctx.backend = inputs[1]
 
 
 def _batch_stats_backward(ctx, dmean, dvar):
     z, mean = ctx.saved_tensors
+    if ctx.backend in ("cpu", "auto") and _kernels(ctx.backend, z) is torch.ops.effnet:
+        return torch.ops.effnet.batch_stats_backward(
+            _nhwc(z), mean, None if dmean is None else dmean.float(),
+            None if dvar is None else dvar.float()), None
     m = z.numel() // z.shape[1]
     ct = mean.dtype
     dz = torch.zeros((), dtype=ct, device=z.device)

@@ -248,8 +248,8 @@ class TrainableEfficientNet(nn.Module):
                                    "dwconv_train_backward, float32, BN-act prologue fused)"
                 if be == "cpu" else "torch (F.conv2d, aten.convolution_backward)",
                 "1x1 convs": "torch (matmul)",
-                "batch_stats": "cpu (C++ kernel effnet::batch_stats, float32)" if be == "cpu"
-                else "torch (ATen var_mean)",
+                "batch_stats": "cpu (C++ kernels effnet::batch_stats / batch_stats_backward, "
+                               "float32)" if be == "cpu" else "torch (ATen var_mean)",
                 "bn_act prologue (forward, recomputed in backward)":
                     kernel.format("bn_act_apply") if kernel else "torch (ATen ops)",
                 "se_gate, pool mean, residual add": "torch (ATen ops)"}

@@ -259,6 +259,31 @@ def test_batch_stats_kernel(shape):
 
 
 @needs_kernel
+@pytest.mark.parametrize("shape", [(2, C, 1, 1), (3, C, 13, 11), (2, 96, 70, 70)])
+@pytest.mark.parametrize("which", ["both", "dmean", "dvar"])
+def test_batch_stats_backward_kernel(shape, which, cpu_isa):
+    """The C++ backward of the statistics (each CPU ISA build) against autograd of float64
+    var_mean, with both gradients or one of them absent; and opcheck."""
+    z = (torch.randn(*shape) * 2 + 3).contiguous(memory_format=CL).requires_grad_()
+    zd = z.detach().double().requires_grad_()
+    c = shape[1]
+    dm = torch.randn(c) if which != "dvar" else None
+    dv = torch.randn(c) if which != "dmean" else None
+    mean, var = T.batch_stats(z, backend="cpu")
+    v, m = torch.var_mean(zd, dim=(0, 2, 3), correction=0)
+    outs = [(o, g) for o, g in ((mean, dm), (var, dv)) if g is not None]
+    outs64 = [(o, g.double()) for o, g in ((m, dm), (v, dv)) if g is not None]
+    (got,) = torch.autograd.grad([o for o, _ in outs], [z], [g for _, g in outs])
+    (want,) = torch.autograd.grad([o for o, _ in outs64], [zd], [g for _, g in outs64])
+    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=CL)
+    assert ((got.double() - want).norm() / want.norm()).item() < 1e-5
+    torch.library.opcheck(torch.ops.effnet.batch_stats_backward.default,
+                          (z.detach(), mean.detach(), dm, dv))
+    with pytest.raises(ValueError, match="float32"):
+        torch.ops.effnet.batch_stats_backward(z.detach(), mean.detach(), torch.randn(c + 1), dv)
+
+
+@needs_kernel
 def test_backends_agree():
     """The same composition (BN statistics → pwconv with prologue and gate, pool, bn_act) on
     backend "cpu" (the kernels) and "torch" (ATen only), both against float64: every
