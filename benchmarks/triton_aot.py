@@ -4,7 +4,8 @@ Usage: python benchmarks/triton_aot.py [--kernel NAME ...] [--full] [--jobs N] [
                                        [--limit N] [--list]
 
 What is compiled: for each kernel (bias_act, dwconv, se, pointwise, pw_int8, dw_int8,
-quantize), each dtype its launcher accepts (fp32 / fp16 / bf16, or int8), and each
+quantize, and the training kernels of triton/train.py: train_bn_act_apply / _backward,
+train_dw_fwd / _dx / _dw, in fp32 and bf16), each dtype its launcher accepts (fp32 / fp16 / bf16, or int8), and each
 *variant* (one set of the launcher's constexpr specialisations on an example problem: act,
 k, stride, padding, pool on/off, gate / zero point / residual on/off, int64 offsets), the
 configs taken from the kernel module's own ``ConfigSet`` (``gpu`` autotune list + the
@@ -44,6 +45,7 @@ import argparse
 import concurrent.futures as cf
 import contextlib
 import hashlib
+import functools
 import importlib
 import io
 import json
@@ -74,7 +76,7 @@ def _import_kernels():
     pkg = types.ModuleType("effnet_kernels")
     pkg.__path__ = [str(ROOT / "effnet_kernels")]
     sys.modules.setdefault("effnet_kernels", pkg)
-    names = ("bias_act", "dwconv", "se", "pointwise", "quant")
+    names = ("bias_act", "dwconv", "se", "pointwise", "quant", "train")
     return {n: importlib.import_module(f"effnet_kernels.triton.{n}") for n in names}
 
 
@@ -189,7 +191,39 @@ def quantize_args(dt, numel=8 * 32 * 112 * 112):
     return dict(x_ptr=ptr(dt), y_ptr=ptr("int8"), numel=numel, inv_scale=20.0, zp=5)
 
 
+def train_bn_act_args(dt, act="silu", HW=56 * 56, C=144, gate=True, backward=False):
+    t = K["train"]
+    n_rt = triton.cdiv(HW, max(c.kwargs["BLOCK_R"] for c in t.CONFIGS.compiled()))
+    a = dict(x_ptr=ptr(dt), mean_ptr=ptr("fp32"), scale_ptr=ptr("fp32"), shift_ptr=ptr("fp32"),
+             gate_ptr=ptr("fp32"), HW=HW, C=C, n_rt=n_rt, ACT=_act(act), HAS_GATE=gate)
+    if backward:
+        return dict(a, dy_ptr=ptr(dt), dx_ptr=ptr(dt), part_ptr=ptr("fp32"))
+    return dict(a, y_ptr=ptr("fp32"))
+
+
+def train_dw_args(dt, which="fwd", act="silu", H=56, C=144, k=3, s=1, pads=(1, 1, 1, 1),
+                  bn=True):
+    """The three kernels of the training depthwise (triton/train.py): fwd, dx, dw."""
+    OH, OW = _dw_geometry(H, k, s, pads)
+    bp = min(c.kwargs["BLOCK_P"] for c in K["train"].DW_CONFIGS.compiled())
+    a = dict(x_ptr=ptr(dt), scale_ptr=ptr("fp32"), shift_ptr=ptr("fp32"), H=H, W=H, C=C, OH=OH,
+             OW=OW, n_pt=triton.cdiv((H * H if which == "dx" else OH * OW), bp), stride=s,
+             pt=pads[2], pl=pads[0], K=k, ACT=_act(act), BN=bn)
+    if which == "fwd":
+        return dict(a, w_ptr=ptr("fp32"), z_ptr=ptr(dt))
+    if which == "dx":
+        return dict(a, dz_ptr=ptr(dt), w_ptr=ptr("fp32"), mean_ptr=ptr("fp32"), dx_ptr=ptr(dt),
+                    part_ptr=ptr("fp32"))
+    return dict(a, dz_ptr=ptr(dt), part_ptr=ptr("fp32"))
+
+
 ACTS = [(f"act={a}", "fixed", dict(act=a)) for a in ("identity", "relu", "relu6")]
+TRAIN_BN_VARIANTS = [("silu gate", "all", {}), ("relu6 no gate", "fixed",
+                                                dict(act="relu6", gate=False))]
+TRAIN_DW_VARIANTS = [("k3s1 silu bn", "all", {}),
+                     ("k5s2 relu6 bn", "fixed", dict(act="relu6", k=5, s=2, pads=(1, 2, 1, 2))),
+                     ("k3s2 no bn", "fixed", dict(k=3, s=2, pads=(0, 1, 0, 1), bn=False))]
+TRAIN_DTYPES = ("fp32", "bf16")  # fp16 runs the same code as bf16 (float32 math after the load)
 DW_VARIANTS = [  # (name, tier, problem): tier "all" = every config, "fixed" = the fixed one
     ("k3s1 silu pool", "all", {}),
     ("k5s2 silu pool", "all", dict(k=5, s=2, pads=(1, 2, 1, 2))),
@@ -222,7 +256,7 @@ PW8_VARIANTS = [
 
 
 def kernels():
-    q = K["quant"]
+    q, t = K["quant"], K["train"]
     no_fma = dict(enable_fp_fusion=False)
     return [
         Kernel("bias_act", K["bias_act"]._bias_act_kernel, K["bias_act"].CONFIGS, DTYPES,
@@ -242,6 +276,15 @@ def kernels():
                DW_VARIANTS, prune=K["dwconv"]._prune_configs, options=no_fma),
         Kernel("quantize", q._quantize_kernel, q.QUANTIZE_CONFIGS, DTYPES, quantize_args,
                [("", "all", {})], options=no_fma),
+        # training (never run on a GPU: compiled here so that they at least compile)
+        Kernel("train_bn_act_apply", t._bn_act_apply_kernel, t.CONFIGS, TRAIN_DTYPES,
+               train_bn_act_args, TRAIN_BN_VARIANTS),
+        Kernel("train_bn_act_backward", t._bn_act_backward_kernel, t.CONFIGS, TRAIN_DTYPES,
+               functools.partial(train_bn_act_args, backward=True), TRAIN_BN_VARIANTS),
+        *(Kernel(f"train_dw_{w}", fn, t.DW_CONFIGS, TRAIN_DTYPES,
+                 functools.partial(train_dw_args, which=w), TRAIN_DW_VARIANTS)
+          for w, fn in (("fwd", t._dw_fwd_kernel), ("dx", t._dw_dx_kernel),
+                        ("dw", t._dw_dw_kernel))),
     ]
 
 

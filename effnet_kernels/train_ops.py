@@ -97,11 +97,33 @@ def _fake_bn_act_apply(x, mean, scale, beta, act, gate):
     return _empty_nhwc(x, x.shape, torch.float32)
 
 
+def _fake_dwconv_train(x, weight, mean, scale, beta, act, stride, padding):
+    from .registry import dwconv_out_size
+
+    N, C, H, W = x.shape
+    return _empty_nhwc(x, (N, C, *dwconv_out_size(H, W, weight.shape[-1], stride, padding)))
+
+
+def _fake_dwconv_train_backward(vec_dtype):
+    """dscale / dbeta in x's dtype (C++: float32 or float64) or float32 (Triton)."""
+    def fake(x, dz, weight, mean, scale, beta, act, stride, padding):
+        c = x.shape[1] if mean is not None else 0
+        return (_empty_nhwc(x, x.shape), weight.new_empty(weight.shape),
+                x.new_empty((c,), dtype=vec_dtype or x.dtype),
+                x.new_empty((c,), dtype=vec_dtype or x.dtype))
+    return fake
+
+
 _KERNEL_SCHEMAS = {
     "bn_act_apply": "(Tensor x, Tensor mean, Tensor scale, Tensor beta, str act, Tensor? gate) "
                     "-> Tensor",
     "bn_act_backward": "(Tensor x, Tensor dy, Tensor mean, Tensor scale, Tensor beta, str act, "
                        "Tensor? gate) -> (Tensor, Tensor, Tensor, Tensor)",
+    "dwconv_train": "(Tensor x, Tensor weight, Tensor? mean, Tensor? scale, Tensor? beta, "
+                    "str act, int stride, int[] padding) -> Tensor",
+    "dwconv_train_backward": "(Tensor x, Tensor dz, Tensor weight, Tensor? mean, Tensor? scale, "
+                             "Tensor? beta, str act, int stride, int[] padding) -> (Tensor, "
+                             "Tensor, Tensor, Tensor)",
 }
 if "triton" in BACKENDS:  # the Triton launchers as operators (fake kernels: torch.compile)
     def _triton_launcher(name):
@@ -112,7 +134,9 @@ if "triton" in BACKENDS:  # the Triton launchers as operators (fake kernels: tor
         return run
 
     for _name, _fake in (("bn_act_apply", _fake_bn_act_apply),
-                         ("bn_act_backward", _fake_bn_act_backward)):
+                         ("bn_act_backward", _fake_bn_act_backward),
+                         ("dwconv_train", _fake_dwconv_train),
+                         ("dwconv_train_backward", _fake_dwconv_train_backward(torch.float32))):
         torch.library.custom_op(f"effnet_train_triton::{_name}", _triton_launcher(_name),
                                 mutates_args=(), schema=_KERNEL_SCHEMAS[_name]) \
             .register_fake(_fake)
@@ -129,18 +153,9 @@ if "cpu" in BACKENDS:
     def _(z, mean, dmean, dvar):
         return _empty_nhwc(z, z.shape)
 
-    @torch.library.register_fake("effnet::dwconv_train")
-    def _(x, weight, mean, scale, beta, act, stride, padding):
-        from .registry import dwconv_out_size
-
-        N, C, H, W = x.shape
-        return _empty_nhwc(x, (N, C, *dwconv_out_size(H, W, weight.shape[-1], stride, padding)))
-
-    @torch.library.register_fake("effnet::dwconv_train_backward")
-    def _(x, dz, weight, mean, scale, beta, act, stride, padding):
-        c = x.shape[1] if mean is not None else 0
-        return (_empty_nhwc(x, x.shape), weight.new_empty(weight.shape),
-                x.new_empty((c,)), x.new_empty((c,)))
+    torch.library.register_fake("effnet::dwconv_train")(_fake_dwconv_train)
+    torch.library.register_fake("effnet::dwconv_train_backward")(
+        _fake_dwconv_train_backward(None))
 
 _NS = "effnet_train"
 SCHEMAS = {
@@ -439,28 +454,35 @@ def _dw_conv(xt: Tensor, w: Tensor, stride: int, padding: Sequence[int]) -> Tens
     return F.conv2d(F.pad(xt, (left, right, top, bottom)), w, None, stride, groups=xt.shape[1])
 
 
-def _dw_fused(backend: str, x: Tensor) -> bool:
-    """True when the depthwise op runs the fused C++ kernels (effnet::dwconv_train and its
-    backward: the prologue applied on load, the activated input never written): backend "cpu"
-    (float32 / float64 CPU tensors) and "auto" on float32 CPU tensors."""
-    if backend not in ("cpu", "auto") or x.device.type != "cpu" or "cpu" not in BACKENDS:
-        return False
-    if backend == "cpu" and x.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError("training ops backend 'cpu': the C++ kernels take float32 CPU "
-                           f"tensors (float64 for the depthwise conv), got {x.dtype}")
-    return x.dtype == torch.float32 or backend == "cpu"
+def _dw_ops(backend: str, x: Tensor):
+    """The operators of the fused depthwise kernels (``dwconv_train`` and its backward: the
+    prologue applied on load, the activated input never written), or None for the ATen
+    composition: ``torch.ops.effnet`` (C++) on backend "cpu" (float32 / float64 CPU tensors)
+    and "auto" on float32 CPU tensors; ``torch.ops.effnet_train_triton`` where ``_kernels``
+    picks Triton (backend "triton", "auto" on CUDA tensors). An explicit backend that cannot
+    take x raises."""
+    if backend == "torch":
+        return None
+    if backend == "triton" or x.device.type != "cpu":
+        return _kernels(backend, x)
+    if backend == "cpu" and x.dtype == torch.float64 and "cpu" in BACKENDS:
+        return torch.ops.effnet
+    ops = _kernels(backend, x)
+    return ops if ops is not None and x.dtype == torch.float32 else None
 
 
 def _dw_args(x: Tensor, weight, mean, scale, beta):
-    dt = x.dtype
+    """The weight and BN vectors in the compute dtype (x's for float32 / float64)."""
+    dt = _ct(x)
     return (weight.to(dt), *(None if v is None else v.to(dt) for v in (mean, scale, beta)))
 
 
 @torch.library.custom_op(f"{_NS}::dwconv", mutates_args=(), schema=SCHEMAS["dwconv"])
 def _dwconv(x, weight, mean, scale, beta, act, stride, padding, backend):
-    if _dw_fused(backend, x):
-        return torch.ops.effnet.dwconv_train(_nhwc(x), *_dw_args(x, weight, mean, scale, beta),
-                                             act, stride, padding)
+    ops = _dw_ops(backend, x)
+    if ops is not None:
+        return ops.dwconv_train(_nhwc(x), *_dw_args(x, weight, mean, scale, beta), act, stride,
+                                padding)
     xt = _prologue(x, mean, scale, beta, act, None, backend).to(x.dtype)
     return _as_nhwc_out(_dw_conv(_nhwc(xt), weight.to(x.dtype), stride, padding), x.dtype)
 
@@ -482,8 +504,9 @@ def _dwconv_backward(ctx, dz):
     x, weight, mean, scale, beta = ctx.saved_tensors
     stride, (left, right, top, bottom) = ctx.stride, ctx.padding
     need = ctx.needs_input_grad
-    if _dw_fused(ctx.backend, x):
-        dx, dw, dscale, dbeta = torch.ops.effnet.dwconv_train_backward(
+    ops = _dw_ops(ctx.backend, x)
+    if ops is not None:
+        dx, dw, dscale, dbeta = ops.dwconv_train_backward(
             x, _nhwc(dz.to(x.dtype)), *_dw_args(x, weight, mean, scale, beta), ctx.act, stride,
             ctx.padding)
         bn = mean is not None

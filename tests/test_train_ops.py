@@ -234,6 +234,38 @@ def test_triton_kernels(n, h, w, act):
 
 
 @needs_triton_kernels
+@pytest.mark.parametrize("bn", [True, False])
+@pytest.mark.parametrize("n,h,w,stride,k,pads,act", DW_CASES[1:] + [(1, 9, 7, 1, 3, (1, 1, 1, 1),
+                                                                     "silu")])
+def test_triton_dwconv(n, h, w, stride, k, pads, act, bn):
+    """The Triton fused depthwise (forward, the da / dx kernel, the dweight kernel; interpreter)
+    against the ATen composition in float64: z and the gradients of x, the weight, mean, scale
+    and beta; float32 and bfloat16 x."""
+    x = (torch.randn(n, C, h, w) * 3).contiguous(memory_format=CL).requires_grad_()
+    wt = torch.randn(C, 1, k, k).requires_grad_()
+    vecs = [v.requires_grad_() for v in (torch.randn(C), torch.rand(C) + 0.5, torch.randn(C))]
+    ins = [x, wt] + (vecs if bn else [])
+    ins64 = [t.detach().double().requires_grad_() for t in ins]
+    if not bn:
+        vecs = [None] * 3
+    assert T._dw_ops("triton", x) is torch.ops.effnet_train_triton
+    out = T.dwconv(x, wt, *vecs, act, stride, pads, backend="triton")
+    ref = T.dwconv(*ins64[:2], *(ins64[2:] if bn else vecs), act, stride, pads, backend="torch")
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=CL)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+    dz = torch.randn(ref.shape, dtype=F64).contiguous(memory_format=CL)
+    got = torch.autograd.grad(out, ins, dz.float())
+    want = torch.autograd.grad(ref, ins64, dz)
+    for i, (u, v) in enumerate(zip(got, want)):
+        assert u.dtype == torch.float32, i
+        assert ((u.double() - v).norm() / v.norm()).item() < 1e-5, i
+    xb = x.detach().bfloat16().requires_grad_()  # bfloat16 in and out, float32 math
+    outb = T.dwconv(xb, wt, *vecs, act, stride, pads, backend="triton")
+    assert outb.dtype == torch.bfloat16
+    assert ((outb.double() - ref).norm() / ref.norm()).item() < 2e-2
+
+
+@needs_triton_kernels
 def test_triton_opcheck():
     x = torch.randn(3, C, 13, 11).contiguous(memory_format=CL)
     dy = torch.randn_like(x).contiguous(memory_format=CL)
@@ -242,6 +274,12 @@ def test_triton_opcheck():
     for gate in (g, None):
         torch.library.opcheck(ops.bn_act_apply.default, (x, m, s, b, "silu", gate))
         torch.library.opcheck(ops.bn_act_backward.default, (x, dy, m, s, b, "relu6", gate))
+    w, pads = torch.randn(C, 1, 3, 3), [0, 1, 0, 1]
+    z = ops.dwconv_train(x, w, m, s, b, "silu", 2, pads)
+    torch.library.opcheck(ops.dwconv_train.default, (x, w, m, s, b, "silu", 2, pads))
+    torch.library.opcheck(ops.dwconv_train_backward.default,
+                          (x, torch.randn_like(z).contiguous(memory_format=CL), w, m, s, b,
+                           "silu", 2, pads))
 
 
 @needs_kernel
@@ -391,7 +429,7 @@ def test_dwconv_kernel(n, h, w, stride, k, pads, act, bn, cpu_isa):
     ins64 = [t.detach().double().requires_grad_() for t in ins]
     if not bn:
         vecs = [None] * 3
-    assert T._dw_fused("cpu", x) and T._dw_fused("auto", x)
+    assert T._dw_ops("cpu", x) is T._dw_ops("auto", x) is torch.ops.effnet
     out = T.dwconv(x, wt, *vecs, act, stride, pads, backend="cpu")
     ref = T.dwconv(*ins64[:2], *(ins64[2:] if bn else vecs), act, stride, pads, backend="torch")
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=CL)
@@ -411,7 +449,7 @@ def test_dwconv_kernel_gradcheck(n, h, w, stride, k, pads, act, cpu_isa):
     """float64 gradcheck of the fused kernels themselves (backend "cpu" runs them in float64)."""
     x, wt = x4(n, C, h, w, scale=3.0), vec(C * k * k).detach().view(C, 1, k, k).requires_grad_()
     m, s, b = bn_vecs()
-    assert T._dw_fused("cpu", x) and not T._dw_fused("auto", x)
+    assert T._dw_ops("cpu", x) is torch.ops.effnet and T._dw_ops("auto", x) is None
     gradcheck(lambda *a: T.dwconv(*a, act, stride, pads, backend="cpu"), (x, wt, m, s, b))
     gradcheck(lambda x, wt: T.dwconv(x, wt, stride=stride, padding=pads, backend="cpu"), (x, wt))
 
