@@ -246,7 +246,9 @@ class TrainableEfficientNet(nn.Module):
                 else "torch (ATen ops)",
                 "depthwise convs": "cpu (C++ kernels effnet::dwconv_train / "
                                    "dwconv_train_backward, float32, BN-act prologue fused)"
-                if be == "cpu" else "torch (F.conv2d, aten.convolution_backward)",
+                if be == "cpu" else "triton (kernels effnet_train_triton::dwconv_train / "
+                                    "dwconv_train_backward, BN-act prologue fused)"
+                if be == "triton" else "torch (F.conv2d, aten.convolution_backward)",
                 "1x1 convs": "torch (matmul)",
                 "batch_stats": "cpu (C++ kernels effnet::batch_stats / batch_stats_backward, "
                                "float32)" if be == "cpu" else "torch (ATen var_mean)",

@@ -9,7 +9,9 @@ interpreter), against ``effnet_kernels.reference``: float ops in float64 on the 
 (rel. error ≤ 1e-4 fp32, ≤ 3e-3 fp16), int8 ops exactly (≤ 1 LSB, < 1 % of outputs off; pools
 rel. ≤ 1e-4). A backend without an implementation of the op is ``n/a``, not a failure. Then
 ``ek.optimize(B0, backend=b, dtype=d)`` against the eager model (float64 on the CPU): fp32
-rel. ≤ 1e-4, fp16 ≤ max(3 × the eager model's own fp16 error, 5e-3).
+rel. ≤ 1e-4, fp16 ≤ max(3 × the eager model's own fp16 error, 5e-3). Then one training step
+of ``ek.optimize_for_training(B0, bn="batch")`` per training backend (GPU: "triton", "torch";
+CPU: "cpu", "torch") against the eager model in train mode: logits and every gradient.
 
 Default backends: "cuda" and "triton" on a GPU; "cpu", "torch" and "triton" (the interpreter)
 without one, with ``--tiny`` implied. The JSON is rewritten after every case, so a run killed by
@@ -213,6 +215,41 @@ def model_case(backend: str, dtype: str, device: str, tiny: bool, cache: dict) -
     return _check_float(y, ref, max(3 * cache[key], 5e-3))
 
 
+# The training backends a smoke run tries (effnet_kernels.train_ops): the fused kernels of the
+# device and the ATen composition.
+TRAIN_BACKENDS = {"cuda": ("triton", "torch"), "cpu": ("cpu", "torch")}
+
+
+def train_case(backend: str, device: str, tiny: bool) -> float:
+    """One step of ``ek.optimize_for_training(B0, bn="batch", backend)`` against the eager
+    model in train mode (dropout and stochastic depth off), fp32: the logits (rel. ≤ 1e-4) and
+    every parameter's gradient (max |Δ| ≤ 1e-3 × (that gradient's max + 1e-3 × the model's));
+    returns the logits' error."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    eager = ek.create_model("efficientnet_b0", num_classes=10, dropout=0.0,
+                            drop_path_rate=0.0).to(device).train()
+    src = copy.deepcopy(eager)
+    ours = ek.optimize_for_training(src, bn="batch", backend=backend)
+    g = torch.Generator().manual_seed(1)
+    n, r = (2, 40) if tiny else (4, 96)  # small: the GPU check's smoke step has 90 s
+    x = torch.randn(n, 3, r, r + 3, generator=g).to(device)
+    t = torch.randint(0, 10, (n,), generator=g).to(device)
+    outs = []
+    for m in (eager, ours):
+        y = m(x)
+        F.cross_entropy(y, t).backward()
+        outs.append(y.detach())
+    err = _check_float(outs[1], outs[0], 1e-4)
+    gmax = max(p.grad.abs().max().item() for p in eager.parameters())
+    for (name, p), q in zip(eager.named_parameters(), src.parameters()):
+        d = (p.grad - q.grad).abs().max().item()
+        if d > 1e-3 * (p.grad.abs().max().item() + 1e-3 * gmax):
+            raise Mismatch(f"gradient of {name}: max |diff| {d:.3g}")
+    return err
+
+
 # ----------------------------------------------------------------------------- driver
 def _sync(device: str) -> None:
     if device == "cuda":
@@ -308,11 +345,25 @@ def main(argv=None) -> int:
             print(f"{'optimize(B0)':<22} {b:<8} {dtype:<5} {rec['status']:<5} "
                   f"{rec.get('err', rec.get('detail', ''))}", flush=True)
             save()
+    out["train"] = []
+    for b in ([] if args.no_model else TRAIN_BACKENDS[device]):
+        if b == "triton" and ops.triton_interpreting():
+            rec = {"status": "skipped", "detail": "the Triton interpreter: a whole training "
+                   "step takes minutes (tests/test_train_ops.py covers the kernels)"}
+        else:
+            rec = run_one(lambda: train_case(b, device, tiny), device)
+        out["train"].append({"model": "efficientnet_b0", "backend": b, "dtype": "fp32", **rec})
+        print(f"{'train step(B0)':<22} {b:<8} fp32  {rec['status']:<5} "
+              f"{rec.get('err', rec.get('detail', ''))}", flush=True)
+        save()
     out["table"] = table(out["results"] + [dict(r, op="optimize(B0)") for r in out["model"]],
                          backends)
-    out["failed"] = sum(r["status"] == "FAIL" for r in out["results"] + out["model"])
+    out["train_table"] = table([dict(r, op="train step(B0)") for r in out["train"]],
+                               list(TRAIN_BACKENDS[device]))
+    out["failed"] = sum(r["status"] == "FAIL"
+                        for r in out["results"] + out["model"] + out["train"])
     save()
-    print("\n" + out["table"])
+    print("\n" + out["table"] + "\n\n" + out["train_table"])
     print(f"\nsmoke: {out['failed']} failed")
     return 1 if out["failed"] else 0
 
