@@ -134,8 +134,7 @@ EQ_AVX512 EQ_INLINE void store_q_off(void* p, __m512 qz, int32_t zp, bool u8, __
 template <EAct A>
 EQ_AVX512 EQ_INLINE void epilogue_fast(const QGemmArgs& g, __m512i acc, int64_t row, int64_t col,
                                        __mmask16 m) {
-  const __m512i s = _mm512_sub_epi32(acc, _mm512_loadu_si512(g.comp + col));
-  __m512 a = act_exact<A>(_mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_loadu_ps(g.scale + col),
+  __m512 a = act_exact<A>(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(g.scale + col),
                                           _mm512_loadu_ps(g.bias + col)));
   if (g.res != nullptr) {
     const void* rp = static_cast<const int8_t*>(g.res) + row * g.ldr + col;
@@ -156,7 +155,7 @@ EQ_AVX512 EQ_INLINE void epilogue_fast(const QGemmArgs& g, __m512i acc, int64_t 
   }
 }
 
-// Column vector v of row r of a tile: acc (int32 sums) -> the output form.
+// Column vector v of row r of a tile: acc (the int32 sums minus comp) -> the output form.
 template <EAct A>
 EQ_AVX512 EQ_INLINE void epilogue(const QGemmArgs& g, __m512i acc, int64_t row, int64_t col,
                                   __mmask16 m) {
@@ -164,8 +163,7 @@ EQ_AVX512 EQ_INLINE void epilogue(const QGemmArgs& g, __m512i acc, int64_t row, 
     epilogue_fast<A>(g, acc, row, col, m);
     return;
   }
-  const __m512i s = _mm512_sub_epi32(acc, _mm512_loadu_si512(g.comp + col));
-  __m512 a = act_exact<A>(add(mul(_mm512_cvtepi32_ps(s), _mm512_loadu_ps(g.scale + col)),
+  __m512 a = act_exact<A>(add(mul(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(g.scale + col)),
                               _mm512_loadu_ps(g.bias + col)));
   if (g.res != nullptr) {
     const void* rp = static_cast<const int8_t*>(g.res) + row * g.ldr + col;
@@ -189,11 +187,16 @@ using QTileFn = void (*)(const QGemmArgs&, int64_t, int64_t, __mmask16);
 
 template <int MR, int NV, EAct A>
 EQ_AVX512 void qtile(const QGemmArgs& g, int64_t r0, int64_t p0, __mmask16 lm) {
-  __m512i acc[MR][NV];
+  // The sums start at -comp (the zero-point correction: exact in int32), so the epilogue gets
+  // acc - comp without a subtraction per output vector.
+  __m512i comp[NV], acc[MR][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) comp[v] = _mm512_sub_epi32(
+      _mm512_setzero_si512(), _mm512_loadu_si512(g.comp + (p0 + v) * 16));
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+    for (int v = 0; v < NV; ++v) acc[r][v] = comp[v];
   const int64_t Kq = qpacked_k(g.K), pstride = Kq * 16, lda = g.lda;
   const uint8_t* a = g.a + r0 * lda;
   const int8_t* b = g.b + p0 * pstride;
@@ -460,7 +463,10 @@ EQ_AMX void qamx_block(const QGemmArgs& g, int64_t m0, int64_t mr, int64_t p0, c
   const __mmask16 last = tail_mask(g.N);
   for (int64_t r = 0; r < mr; ++r)
     for (int64_t v = 0; v < nv; ++v)
-      epilogue<A>(g, _mm512_load_si512(c + r * 32 + v * 16), m0 + r, (p0 + v) * 16,
+      epilogue<A>(g,
+                  _mm512_sub_epi32(_mm512_load_si512(c + r * 32 + v * 16),
+                                   _mm512_loadu_si512(g.comp + (p0 + v) * 16)),
+                  m0 + r, (p0 + v) * 16,
                   p0 + v == panels - 1 ? last : static_cast<__mmask16>(0xffff));
 }
 
