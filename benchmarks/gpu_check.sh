@@ -15,7 +15,8 @@
 #   bench_model 90         B0 batch 1 and 256 fp16: cuDNN channels_last, ours cuda, ours triton
 #   bench_dwconv 60        benchmarks/bench_dwconv.py, quick (EFFNET_BENCH_QUICK=1)
 #   bench_int8 75          B0 int8 vs fp16 vs cuDNN fp16 vs torch._int_mm
-#   bench_compile 150, bench_b4 80, bench_autotune 120: only when that much time is left
+#   bench_train 60, bench_compile 150, bench_b4 80, bench_autotune 120: only when that much
+#                          time is left (bench_train: B0 batch 32 training steps, eager vs ours)
 #
 # Time: EFFNET_GPU_CHECK_DEADLINE (seconds from the start, default 540). A step runs under
 # `timeout -k 5` (its whole process group is killed) for min(its cap, time left - 8 s); a step
@@ -24,7 +25,8 @@
 #
 # OUTDIR (<= 6 files, rewritten after every step): summary.json (every step: status, rc,
 # seconds, timed_out, skipped + reason; commit, device, versions, deadline, start/end),
-# logs.tar.gz (every log and output, including bench_int8.json, bench_b4.json, env.json, ...),
+# logs.tar.gz (every log and output, including bench_int8.json, bench_train.json, bench_b4.json,
+# env.json, ...),
 # smoke.json, junit.xml, bench_model.json, bench_kernels.json (bench_dwconv's pytest-benchmark
 # JSON). Logs are written to a scratch directory outside OUTDIR; only the archive goes there.
 #
@@ -42,7 +44,7 @@
 set -uo pipefail
 
 STEPS=(env build smoke sanitizer_memcheck sanitizer_racecheck tests bench_model bench_dwconv
-       bench_int8 bench_compile bench_b4 bench_autotune)
+       bench_int8 bench_train bench_compile bench_b4 bench_autotune)
 
 note() {  # note TEXT: a remark for this step's entry in summary.json
   echo "$*" >> "$SCR/notes.$STEP"
@@ -162,6 +164,17 @@ step_bench_int8() {
   else
     bench bench_int8.json "${BENCH_CPU[@]}" --models efficientnet_b0 --dtype fp32,int8 \
       --backends eager,ours_cpu,ours_torch,int8_intmm
+  fi
+}
+
+# Training (issue 17): eager vs ek.optimize_for_training steps (Triton training kernels on a
+# GPU), img/s, bytes saved for backward, peak memory.
+step_bench_train() {
+  if [ "$MODE" = gpu ]; then
+    bench bench_train.json --train --device cuda --models efficientnet_b0 --batch 32 --rounds 3
+  else
+    bench bench_train.json --train --device cpu --threads 1 --models efficientnet_b0 --batch 2 \
+      --resolution 32 --rounds 2
   fi
 }
 
@@ -372,6 +385,7 @@ main() {
   run_step bench_model 90 15
   run_step bench_dwconv 60 10
   run_step bench_int8 75 15
+  run_step bench_train 60 0 optional
   run_step bench_compile 150 0 optional
   run_step bench_b4 80 0 optional
   run_step bench_autotune 120 0 optional

@@ -454,15 +454,21 @@ def _dw_conv(xt: Tensor, w: Tensor, stride: int, padding: Sequence[int]) -> Tens
     return F.conv2d(F.pad(xt, (left, right, top, bottom)), w, None, stride, groups=xt.shape[1])
 
 
-def _dw_ops(backend: str, x: Tensor):
+def _dw_ops(backend: str, x: Tensor, mean=0):
     """The operators of the fused depthwise kernels (``dwconv_train`` and its backward: the
     prologue applied on load, the activated input never written), or None for the ATen
     composition: ``torch.ops.effnet`` (C++) on backend "cpu" (float32 / float64 CPU tensors)
     and "auto" on float32 CPU tensors; ``torch.ops.effnet_train_triton`` where ``_kernels``
     picks Triton (backend "triton", "auto" on CUDA tensors). An explicit backend that cannot
-    take x raises."""
+    take x raises when there is a BN prologue to run; without one (``mean`` None) it falls back
+    to ATen, as the other ops do."""
     if backend == "torch":
         return None
+    if mean is None:
+        try:
+            return _dw_ops(backend, x)
+        except RuntimeError:
+            return None
     if backend == "triton" or x.device.type != "cpu":
         return _kernels(backend, x)
     if backend == "cpu" and x.dtype == torch.float64 and "cpu" in BACKENDS:
@@ -479,7 +485,7 @@ def _dw_args(x: Tensor, weight, mean, scale, beta):
 
 @torch.library.custom_op(f"{_NS}::dwconv", mutates_args=(), schema=SCHEMAS["dwconv"])
 def _dwconv(x, weight, mean, scale, beta, act, stride, padding, backend):
-    ops = _dw_ops(backend, x)
+    ops = _dw_ops(backend, x, mean)
     if ops is not None:
         return ops.dwconv_train(_nhwc(x), *_dw_args(x, weight, mean, scale, beta), act, stride,
                                 padding)
@@ -504,7 +510,7 @@ def _dwconv_backward(ctx, dz):
     x, weight, mean, scale, beta = ctx.saved_tensors
     stride, (left, right, top, bottom) = ctx.stride, ctx.padding
     need = ctx.needs_input_grad
-    ops = _dw_ops(ctx.backend, x)
+    ops = _dw_ops(ctx.backend, x, mean)
     if ops is not None:
         dx, dw, dscale, dbeta = ops.dwconv_train_backward(
             x, _nhwc(dz.to(x.dtype)), *_dw_args(x, weight, mean, scale, beta), ctx.act, stride,

@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 STEPS = ["env", "build", "smoke", "sanitizer_memcheck", "sanitizer_racecheck", "tests",
-         "bench_model", "bench_dwconv", "bench_int8", "bench_compile", "bench_b4",
-         "bench_autotune"]
+         "bench_model", "bench_dwconv", "bench_int8", "bench_train", "bench_compile",
+         "bench_b4", "bench_autotune"]
 
 
 def run_check(out: Path, timeout: float, **env) -> tuple[subprocess.CompletedProcess, float]:
@@ -126,4 +126,5 @@ def test_full_rehearsal(tmp_path):
     assert [m["status"] for m in smoke["model"]] == ["PASS"] * 4 + ["skipped"] * 2
     with tarfile.open(tmp_path / "logs.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"./bench_int8.json", "./sanitizer_memcheck.log", "./env.json"} <= names
+    assert {"./bench_int8.json", "./bench_train.json", "./sanitizer_memcheck.log",
+            "./env.json"} <= names

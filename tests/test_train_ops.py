@@ -235,8 +235,8 @@ def test_triton_kernels(n, h, w, act):
 
 @needs_triton_kernels
 @pytest.mark.parametrize("bn", [True, False])
-@pytest.mark.parametrize("n,h,w,stride,k,pads,act", DW_CASES[1:] + [(1, 9, 7, 1, 3, (1, 1, 1, 1),
-                                                                     "silu")])
+@pytest.mark.parametrize("n,h,w,stride,k,pads,act", DW_CASES[1:] + [
+    (1, 9, 7, 1, 3, (1, 1, 1, 1), "silu"), (1, 6, 5, 1, 5, (4, 0, 1, 3), "relu6")])
 def test_triton_dwconv(n, h, w, stride, k, pads, act, bn):
     """The Triton fused depthwise (forward, the da / dx kernel, the dweight kernel; interpreter)
     against the ATen composition in float64: z and the gradients of x, the weight, mean, scale
@@ -259,10 +259,20 @@ def test_triton_dwconv(n, h, w, stride, k, pads, act, bn):
     for i, (u, v) in enumerate(zip(got, want)):
         assert u.dtype == torch.float32, i
         assert ((u.double() - v).norm() / v.norm()).item() < 1e-5, i
-    xb = x.detach().bfloat16().requires_grad_()  # bfloat16 in and out, float32 math
+    # bfloat16 in and out, float32 math; the reference: float64 on the same bfloat16 values
+    xb = x.detach().bfloat16().requires_grad_()
+    insb, dzb = [xb] + ins[1:], dz.bfloat16()
+    ins64b = [xb.detach().double().requires_grad_()] + ins64[1:]
+    refb = T.dwconv(*ins64b[:2], *(ins64b[2:] if bn else vecs), act, stride, pads,
+                    backend="torch")
     outb = T.dwconv(xb, wt, *vecs, act, stride, pads, backend="triton")
     assert outb.dtype == torch.bfloat16
-    assert ((outb.double() - ref).norm() / ref.norm()).item() < 2e-2
+    assert ((outb.double() - refb).norm() / refb.norm()).item() < 1e-2
+    gotb = torch.autograd.grad(outb, insb, dzb)
+    wantb = torch.autograd.grad(refb, ins64b, dzb.double())
+    assert gotb[0].dtype == torch.bfloat16
+    for i, (u, v) in enumerate(zip(gotb, wantb)):
+        assert ((u.double() - v).norm() / v.norm()).item() < 1e-2, i
 
 
 @needs_triton_kernels
@@ -276,6 +286,9 @@ def test_triton_opcheck():
         torch.library.opcheck(ops.bn_act_backward.default, (x, dy, m, s, b, "relu6", gate))
     w, pads = torch.randn(C, 1, 3, 3), [0, 1, 0, 1]
     z = ops.dwconv_train(x, w, m, s, b, "silu", 2, pads)
+    assert torch.equal(ops.dwconv_train(x, w, m, s, b, "swish", 2, pads), z)  # C++'s aliases
+    with pytest.raises(ValueError, match="unknown activation"):
+        ops.dwconv_train(x, w, m, s, b, "gelu", 2, pads)
     torch.library.opcheck(ops.dwconv_train.default, (x, w, m, s, b, "silu", 2, pads))
     torch.library.opcheck(ops.dwconv_train_backward.default,
                           (x, torch.randn_like(z).contiguous(memory_format=CL), w, m, s, b,
@@ -411,7 +424,11 @@ def test_errors():
 # C = 96 at 30×30 (channel blocks of 32, several rows per task, a stride-1 ring) and a stride-2
 # 5×5 with a ReLU.
 DW_KERNEL_CASES = DW_CASES + [(2, 30, 30, 1, 3, (1, 1, 1, 1), "silu"),
-                              (2, 17, 19, 2, 5, (2, 2, 2, 2), "relu")]
+                              (2, 17, 19, 2, 5, (2, 2, 2, 2), "relu"),
+                              # stride 1 with uneven padding: the backward's flipped-weight
+                              # engine call pads by k - 1 - left / top (centred hides a mix-up)
+                              (2, 9, 10, 1, 3, (0, 2, 2, 0), "silu"),
+                              (1, 6, 4, 1, 5, (4, 0, 1, 3), "relu6")]
 
 
 @needs_kernel
@@ -441,6 +458,27 @@ def test_dwconv_kernel(n, h, w, stride, k, pads, act, bn, cpu_isa):
         assert u.dtype == torch.float32, i
         assert ((u.double() - v).norm() / v.norm()).item() < 1e-5, i
     assert got[0].is_contiguous(memory_format=CL)
+
+
+@needs_kernel
+@pytest.mark.parametrize("c", [5, 48, 130])
+def test_dwconv_kernel_channels(c, cpu_isa):
+    """Channel counts around the vector widths: below 8 (no AVX2 prologue step), a multiple of
+    16 without a tail, and past 64 + 32-channel blocks with a short tail; stride 1 and 2."""
+    for stride, pads in ((1, (1, 1, 1, 1)), (2, (0, 1, 0, 1))):
+        x = (torch.randn(2, c, 11, 9) * 3).contiguous(memory_format=CL).requires_grad_()
+        wt = torch.randn(c, 1, 3, 3).requires_grad_()
+        vecs = [v.requires_grad_() for v in (torch.randn(c), torch.rand(c) + 0.5,
+                                              torch.randn(c))]
+        ins = [x, wt, *vecs]
+        ins64 = [t.detach().double().requires_grad_() for t in ins]
+        out = T.dwconv(x, wt, *vecs, "silu", stride, pads, backend="cpu")
+        ref = T.dwconv(*ins64, "silu", stride, pads, backend="torch")
+        assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+        dz = torch.randn(ref.shape, dtype=F64).contiguous(memory_format=CL)
+        for i, (u, v) in enumerate(zip(torch.autograd.grad(out, ins, dz.float()),
+                                       torch.autograd.grad(ref, ins64, dz))):
+            assert ((u.double() - v).norm() / v.norm()).item() < 1e-5, (stride, i)
 
 
 @needs_kernel
@@ -481,3 +519,7 @@ def test_dwconv_kernel_opcheck_and_errors():
         ops.dwconv_train(x, wt, m, s, b, "gelu", 2, pads)
     with pytest.raises(RuntimeError, match="float32"):
         T.dwconv(x.bfloat16(), wt, m, s, b, "silu", 2, pads, backend="cpu")
+    # no BN prologue: what the kernels cannot take falls back to ATen, as the other ops do
+    xb = x.bfloat16()
+    torch.testing.assert_close(T.dwconv(xb, wt, stride=2, padding=pads, backend="cpu"),
+                               T.dwconv(xb, wt, stride=2, padding=pads, backend="torch"))

@@ -11,8 +11,9 @@
 // it) and u8 (q + 128, i.e. q XOR 0x80: what vpdpbusd's unsigned operand needs; the engine keeps
 // its activations this way). The GEMM's A operand is always u8; then
 //   sum_k (q[k] - zp) w[k] = sum_k u[k] w[k] - (128 + zp) sum_k w[k],
-// and comp[n] = (128 + zp) * wsum[n] is subtracted in the epilogue (exact in int32: |u w| <=
-// 255 * 127, four per vpdpbusd lane, no saturation).
+// and comp[n] = (128 + zp) * wsum[n] is subtracted (the VNNI tiles start their accumulators at
+// -comp; the AMX path subtracts it after the tile store) — exact in int32: |u w| <= 255 * 127,
+// four per vpdpbusd lane, no saturation.
 #pragma once
 
 #include <cstdint>

@@ -293,6 +293,17 @@ def _dw_dw_kernel(x_ptr, dz_ptr, scale_ptr, shift_ptr, part_ptr, H, W, C, OH, OW
             tl.store(base + (kh * K + kw) * C, tl.sum(d * a, axis=0), mask=cmask)
 
 
+_ACT_ALIASES = {"swish": "silu", "none": "identity"}  # what the C++ ops' parse_act accepts
+
+
+def _act_code(act: str) -> int:
+    try:
+        return ACT_CODES[_ACT_ALIASES.get(act, act)]
+    except KeyError:
+        raise ValueError(f"unknown activation {act!r}; expected one of "
+                         f"{tuple(ACT_CODES)}") from None
+
+
 def _dw_prep(x, weight, mean, scale, beta, stride, padding):
     N, C, H, W = x.shape
     k = weight.shape[-1]
@@ -322,7 +333,7 @@ def dwconv_train(x: torch.Tensor, weight: torch.Tensor, mean, scale, beta, act: 
     n_pt = triton.cdiv(OH * OW, meta["BLOCK_P"])
     grid = (check_grid(N * n_pt, "dwconv_train"), triton.cdiv(C, meta["BLOCK_C"]))
     _dw_fwd_kernel[grid](x, wt, s, shift, z, H, W, C, OH, OW, n_pt, stride, pt, pl, K=k,
-                         ACT=ACT_CODES[act], BN=bn, **meta, **opts)
+                         ACT=_act_code(act), BN=bn, **meta, **opts)
     return z
 
 
@@ -337,8 +348,9 @@ def dwconv_train_backward(x: torch.Tensor, dz: torch.Tensor, weight: torch.Tenso
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     cb = C if bn else 0
     if x.numel() == 0:
-        return dx, torch.zeros_like(weight), torch.zeros(cb, **f32), torch.zeros(cb, **f32)
-    act_code = ACT_CODES[act]
+        return (dx, torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device),
+                torch.zeros(cb, **f32), torch.zeros(cb, **f32))
+    act_code = _act_code(act)
     ct = triton.cdiv(C, meta["BLOCK_C"])
     n_pt = triton.cdiv(H * W, meta["BLOCK_P"])
     part = torch.zeros((N * n_pt, 2, C), **f32)
