@@ -88,6 +88,18 @@ C10_NOINLINE EFFNET_TARGET_AVX2 void stats_grad_avx2(const float* z, const float
   stats_grad_body(z, mean, a, b, dz, r0, r1, C);
 }
 
+// Checks z (channels_last float32 (N, C, H, W), at least one value per channel); returns the
+// number of rows N·H·W.
+int64_t checked_rows(const char* op, const at::Tensor& z) {
+  TORCH_CHECK_VALUE(z.dim() == 4 && z.scalar_type() == at::kFloat &&
+                        z.is_contiguous(at::MemoryFormat::ChannelsLast),
+                    op, ": z must be a channels_last float32 (N, C, H, W) tensor");
+  const int64_t C = z.size(1);
+  const int64_t rows = C == 0 ? 0 : z.numel() / C;
+  TORCH_CHECK_VALUE(rows > 0, op, ": z has no values per channel");
+  return rows;
+}
+
 }  // namespace
 
 // The gradient of z through (mean, var) = batch_stats(z) for dmean / dvar (either may be
@@ -96,12 +108,7 @@ C10_NOINLINE EFFNET_TARGET_AVX2 void stats_grad_avx2(const float* z, const float
 at::Tensor batch_stats_backward_cpu(const at::Tensor& z, const at::Tensor& mean,
                                     const c10::optional<at::Tensor>& dmean,
                                     const c10::optional<at::Tensor>& dvar) {
-  TORCH_CHECK_VALUE(z.dim() == 4 && z.scalar_type() == at::kFloat &&
-                        z.is_contiguous(at::MemoryFormat::ChannelsLast),
-                    "batch_stats_backward: z must be a channels_last float32 (N, C, H, W) tensor");
-  const int64_t C = z.size(1);
-  const int64_t rows = C == 0 ? 0 : z.numel() / C;
-  TORCH_CHECK_VALUE(rows > 0, "batch_stats_backward: z has no values per channel");
+  const int64_t rows = checked_rows("batch_stats_backward", z), C = z.size(1);
   for (const at::Tensor* t : {&mean, dmean.has_value() ? &*dmean : &mean,
                               dvar.has_value() ? &*dvar : &mean}) {
     TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == C && t->scalar_type() == at::kFloat,
@@ -134,12 +141,7 @@ at::Tensor batch_stats_backward_cpu(const at::Tensor& z, const at::Tensor& mean,
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_stats_cpu(const at::Tensor& z) {
-  TORCH_CHECK_VALUE(z.dim() == 4 && z.scalar_type() == at::kFloat &&
-                        z.is_contiguous(at::MemoryFormat::ChannelsLast),
-                    "batch_stats: z must be a channels_last float32 (N, C, H, W) tensor");
-  const int64_t C = z.size(1);
-  const int64_t rows = C == 0 ? 0 : z.numel() / C;
-  TORCH_CHECK_VALUE(rows > 0, "batch_stats: z has no values per channel");
+  const int64_t rows = checked_rows("batch_stats", z), C = z.size(1);
   at::Tensor mean = at::empty({C}, z.options());
   at::Tensor var = at::empty({C}, z.options());
   const float* zp = z.data_ptr<float>();

@@ -108,6 +108,12 @@ C10_ALWAYS_INLINE void prologue_row(const T* __restrict xr, const T* __restrict 
   }
 }
 
+// The weights ([k·k][C]) and the BN vectors (null without BN) as the kernels read them.
+template <typename T>
+struct Vecs {
+  const T *w, *scale, *shift, *mean;
+};
+
 // ---- forward ---------------------------------------------------------------------------------
 // z[ow, c0 : c0 + cw] of one output row from the k padded activated rows (nullptr: padding).
 template <typename T, bool TAIL>
@@ -130,9 +136,8 @@ C10_ALWAYS_INLINE void fwd_block(const T* const* rows, const T* __restrict wt, T
 
 // Output rows [oh0, oh1) of image `x` (H x W x C) into `z` (OH x OW x C); ring: k padded rows.
 template <typename T, Act A, bool BN, bool AVX2>
-C10_ALWAYS_INLINE void fwd_body(const T* x, const T* wt, const T* scale, const T* shift, T* z,
-                                const Geo& g, int64_t oh0, int64_t oh1, T* ring,
-                                const engine::DwArgs* eng) {
+C10_ALWAYS_INLINE void fwd_body(const T* x, const Vecs<T>& v, T* z, const Geo& g, int64_t oh0,
+                                int64_t oh1, T* ring, const engine::DwArgs* eng) {
   const int64_t C = g.C, rowlen = g.Wp * C;
   std::vector<int64_t> held(g.k, -1);  // the input row each ring slot holds
   std::vector<const T*> rows(g.k);
@@ -146,7 +151,7 @@ C10_ALWAYS_INLINE void fwd_body(const T* x, const T* wt, const T* scale, const T
       const int64_t slot = ih % g.k;  // k consecutive rows: distinct slots
       T* xa = ring + slot * rowlen;
       if (held[slot] != ih) {
-        prologue_row<T, A, BN, false, AVX2>(x + ih * g.W * C, scale, shift, g, xa, nullptr);
+        prologue_row<T, A, BN, false, AVX2>(x + ih * g.W * C, v.scale, v.shift, g, xa, nullptr);
         held[slot] = ih;
       }
       rows[kh] = xa;
@@ -162,24 +167,23 @@ C10_ALWAYS_INLINE void fwd_body(const T* x, const T* wt, const T* scale, const T
     }
     for (int64_t ow = 0; ow < g.OW; ++ow) {
       int64_t c0 = 0;
-      for (; c0 + kCB <= C; c0 += kCB) fwd_block<T, false>(rows.data(), wt, zr, g, ow, c0, kCB);
-      if (c0 < C) fwd_block<T, true>(rows.data(), wt, zr, g, ow, c0, static_cast<int>(C - c0));
+      for (; c0 + kCB <= C; c0 += kCB) fwd_block<T, false>(rows.data(), v.w, zr, g, ow, c0, kCB);
+      if (c0 < C) fwd_block<T, true>(rows.data(), v.w, zr, g, ow, c0, static_cast<int>(C - c0));
     }
   }
 }
 
 template <typename T, Act A, bool BN>
-C10_NOINLINE void fwd_base(const T* x, const T* wt, const T* scale, const T* shift, T* z,
-                           const Geo& g, int64_t oh0, int64_t oh1, T* ring,
-                           const engine::DwArgs* eng) {
-  fwd_body<T, A, BN, false>(x, wt, scale, shift, z, g, oh0, oh1, ring, eng);
+C10_NOINLINE void fwd_base(const T* x, const Vecs<T>& v, T* z, const Geo& g, int64_t oh0,
+                           int64_t oh1, T* ring, const engine::DwArgs* eng) {
+  fwd_body<T, A, BN, false>(x, v, z, g, oh0, oh1, ring, eng);
 }
 
 template <typename T, Act A, bool BN>
-C10_NOINLINE EFFNET_TARGET_AVX2 void fwd_avx2(const T* x, const T* wt, const T* scale,
-                                              const T* shift, T* z, const Geo& g, int64_t oh0,
-                                              int64_t oh1, T* ring, const engine::DwArgs* eng) {
-  fwd_body<T, A, BN, true>(x, wt, scale, shift, z, g, oh0, oh1, ring, eng);
+C10_NOINLINE EFFNET_TARGET_AVX2 void fwd_avx2(const T* x, const Vecs<T>& v, T* z, const Geo& g,
+                                              int64_t oh0, int64_t oh1, T* ring,
+                                              const engine::DwArgs* eng) {
+  fwd_body<T, A, BN, true>(x, v, z, g, oh0, oh1, ring, eng);
 }
 
 // ---- backward --------------------------------------------------------------------------------
@@ -271,10 +275,10 @@ C10_ALWAYS_INLINE void bwd_dx_epilogue(const T* __restrict da, const T* __restri
 // Input rows [ih0, ih1) of one image. part: float64 [k·k·C dw][C dscale][C dbeta] of this task.
 // Scratch: xa (Wp·C), gr (W·C), sb / ss (C each).
 template <typename T, Act A, bool BN, bool AVX2>
-C10_ALWAYS_INLINE void bwd_body(const T* x, const T* dz, const T* wt, const T* scale,
-                                const T* shift, const T* mean, T* dx, const Geo& g, int64_t ih0,
-                                int64_t ih1, double* part, T* xa, T* gr, T* sb, T* ss, T* da,
-                                const engine::DwArgs* eng) {
+C10_ALWAYS_INLINE void bwd_body(const T* x, const T* dz, const Vecs<T>& v, T* dx, const Geo& g,
+                                int64_t ih0, int64_t ih1, double* part, T* xa, T* gr, T* sb,
+                                T* ss, T* da, const engine::DwArgs* eng) {
+  const T *wt = v.w, *scale = v.scale, *shift = v.shift, *mean = v.mean;
   const int64_t C = g.C, kk = static_cast<int64_t>(g.k) * g.k;
   std::vector<Reader> rd(g.k);
   for (int64_t ih = ih0; ih < ih1; ++ih) {
@@ -334,22 +338,18 @@ C10_ALWAYS_INLINE void bwd_body(const T* x, const T* dz, const T* wt, const T* s
 }
 
 template <typename T, Act A, bool BN>
-C10_NOINLINE void bwd_base(const T* x, const T* dz, const T* wt, const T* scale, const T* shift,
-                           const T* mean, T* dx, const Geo& g, int64_t ih0, int64_t ih1,
-                           double* part, T* xa, T* gr, T* sb, T* ss, T* da,
-                           const engine::DwArgs* eng) {
-  bwd_body<T, A, BN, false>(x, dz, wt, scale, shift, mean, dx, g, ih0, ih1, part, xa, gr, sb, ss, da,
-                     eng);
+C10_NOINLINE void bwd_base(const T* x, const T* dz, const Vecs<T>& v, T* dx, const Geo& g,
+                           int64_t ih0, int64_t ih1, double* part, T* xa, T* gr, T* sb, T* ss,
+                           T* da, const engine::DwArgs* eng) {
+  bwd_body<T, A, BN, false>(x, dz, v, dx, g, ih0, ih1, part, xa, gr, sb, ss, da, eng);
 }
 
 template <typename T, Act A, bool BN>
-C10_NOINLINE EFFNET_TARGET_AVX2 void bwd_avx2(const T* x, const T* dz, const T* wt,
-                                              const T* scale, const T* shift, const T* mean,
-                                              T* dx, const Geo& g, int64_t ih0, int64_t ih1,
-                                              double* part, T* xa, T* gr, T* sb, T* ss,
-                                              T* da, const engine::DwArgs* eng) {
-  bwd_body<T, A, BN, true>(x, dz, wt, scale, shift, mean, dx, g, ih0, ih1, part, xa, gr, sb, ss, da,
-                     eng);
+C10_NOINLINE EFFNET_TARGET_AVX2 void bwd_avx2(const T* x, const T* dz, const Vecs<T>& v, T* dx,
+                                              const Geo& g, int64_t ih0, int64_t ih1,
+                                              double* part, T* xa, T* gr, T* sb, T* ss, T* da,
+                                              const engine::DwArgs* eng) {
+  bwd_body<T, A, BN, true>(x, dz, v, dx, g, ih0, ih1, part, xa, gr, sb, ss, da, eng);
 }
 
 // ---- argument checks -------------------------------------------------------------------------
@@ -411,6 +411,13 @@ Prepared prepare(const char* op, const at::Tensor& x, const at::Tensor& weight,
     p.shift = beta->to(dt).sub(p.mean.mul(p.scale)).contiguous();
   }
   return p;
+}
+
+template <typename T>
+Vecs<T> vecs_of(const Prepared& p) {
+  return {p.wt.const_data_ptr<T>(), p.bn ? p.scale.const_data_ptr<T>() : nullptr,
+          p.bn ? p.shift.const_data_ptr<T>() : nullptr,
+          p.bn ? p.mean.const_data_ptr<T>() : nullptr};
 }
 
 // Tasks: `per` bands of rows inside each image, enough of them for the threads.
@@ -479,19 +486,15 @@ at::Tensor dwconv_train_cpu(const at::Tensor& x, const at::Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_train_cpu", [&] {
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();
-    const T* wp = p.wt.const_data_ptr<T>();
-    const T* sp = p.bn ? p.scale.const_data_ptr<T>() : nullptr;
-    const T* hp = p.bn ? p.shift.const_data_ptr<T>() : nullptr;
     T* zp = z.mutable_data_ptr<T>();
     dispatch_bn_act(p.bn, p.act, [&](auto act_c, auto bn_c) {
-      constexpr Act A = decltype(act_c)::value;
-      constexpr bool BN = decltype(bn_c)::value;
-      auto fn = avx2 ? &fwd_avx2<T, A, BN> : &fwd_base<T, A, BN>;
+      auto fn = avx2 ? &fwd_avx2<T, decltype(act_c)::value, decltype(bn_c)::value>
+                     : &fwd_base<T, decltype(act_c)::value, decltype(bn_c)::value>;
       at::parallel_for(0, g.N * per, 1, [&](int64_t t0, int64_t t1) {
         std::vector<T> ring(static_cast<size_t>(g.k * g.Wp * g.C));
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t n = t / per, j = t % per;
-          fn(xp + n * g.H * g.W * g.C, wp, sp, hp, zp + n * g.OH * g.OW * g.C, g,
+          fn(xp + n * g.H * g.W * g.C, vecs_of<T>(p), zp + n * g.OH * g.OW * g.C, g,
              g.OH * j / per, g.OH * (j + 1) / per, ring.data(), eng);
         }
       });
@@ -533,10 +536,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_train_backward
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();
     const T* dp = dz.const_data_ptr<T>();
-    const T* wp = p.wt.const_data_ptr<T>();
-    const T* sp = p.bn ? p.scale.const_data_ptr<T>() : nullptr;
-    const T* hp = p.bn ? p.shift.const_data_ptr<T>() : nullptr;
-    const T* mp = p.bn ? p.mean.const_data_ptr<T>() : nullptr;
+    const Vecs<T> v = vecs_of<T>(p);
     T* op = dx.mutable_data_ptr<T>();
     dispatch_bn_act(p.bn, p.act, [&](auto act_c, auto bn_c) {
       constexpr Act A = decltype(act_c)::value;
@@ -551,9 +551,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_train_backward
         T* ss = sb + C;
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t n = t / per, j = t % per;
-          fn(xp + n * g.H * g.W * C, dp + n * g.OH * g.OW * C, wp, sp, hp, mp,
-             op + n * g.H * g.W * C, g, g.H * j / per, g.H * (j + 1) / per,
-             part.data() + t * plen, xa, gr, sb, ss, da, eng);
+          fn(xp + n * g.H * g.W * C, dp + n * g.OH * g.OW * C, v, op + n * g.H * g.W * C, g,
+             g.H * j / per, g.H * (j + 1) / per, part.data() + t * plen, xa, gr, sb, ss, da,
+             eng);
         }
       });
     });

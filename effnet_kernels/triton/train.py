@@ -200,26 +200,43 @@ def _activated(x_ptr, n, ih, iw, cols, valid, sc, sh, H, W, C, ACT: tl.constexpr
 
 
 @triton.jit
-def _dw_fwd_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, z_ptr, H, W, C, OH, OW, n_pt, stride,
-                   pt, pl, K: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
-                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _tap(x_ptr, n, oh, ow, kh, kw, stride, pt, pl, pmask, cols, cmask, sc, sh, H, W, C,
+         ACT: tl.constexpr, BN: tl.constexpr):
+    """The activated input that tap (kh, kw) of output pixels (oh, ow) reads (0 in the
+    padding)."""
+    ih = oh * stride - pt + kh
+    iw = ow * stride - pl + kw
+    ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    return _activated(x_ptr, n, ih, iw, cols, ok[:, None] & cmask[None, :], sc, sh, H, W, C,
+                      ACT, BN)
+
+
+@triton.jit
+def _dw_tile(scale_ptr, shift_ptr, C, P, OW, n_pt, BLOCK_P: tl.constexpr,
+             BLOCK_C: tl.constexpr):
+    """This program's tile: (pid, image n, pixel indices p of P per image with their row / column
+    in a map OW wide, channels, masks, scale, shift)."""
     pid = tl.program_id(0)
     n = pid // n_pt
     p = (pid % n_pt) * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    pmask = p < OH * OW
-    oh, ow = p // OW, p % OW
     sc = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
     sh = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
+    return pid, n, p, p // OW, p % OW, cols, cmask, p < P, sc, sh
+
+
+@triton.jit
+def _dw_fwd_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, z_ptr, H, W, C, OH, OW, n_pt, stride,
+                   pt, pl, K: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    _, n, p, oh, ow, cols, cmask, pmask, sc, sh = _dw_tile(
+        scale_ptr, shift_ptr, C, OH * OW, OW, n_pt, BLOCK_P, BLOCK_C)
     acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     for kh in range(K):  # a loop (not unrolled): k² unrolled taps spill at k = 5
         for kw in tl.static_range(K):
-            ih = oh * stride - pt + kh
-            iw = ow * stride - pl + kw
-            ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = _activated(x_ptr, n, ih, iw, cols, ok[:, None] & cmask[None, :], sc, sh, H, W,
-                           C, ACT, BN)
+            a = _tap(x_ptr, n, oh, ow, kh, kw, stride, pt, pl, pmask, cols, cmask, sc, sh, H, W,
+                     C, ACT, BN)
             wv = tl.load(w_ptr + (kh * K + kw) * C + cols, mask=cmask, other=0.0)
             acc += a * wv[None, :]
     off = (n.to(tl.int64) * OH * OW + p.to(tl.int64))[:, None] * C + cols[None, :]
@@ -230,13 +247,8 @@ def _dw_fwd_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, z_ptr, H, W, C, OH, OW, n
 def _dw_dx_kernel(x_ptr, dz_ptr, w_ptr, mean_ptr, scale_ptr, shift_ptr, dx_ptr, part_ptr, H, W,
                   C, OH, OW, n_pt, stride, pt, pl, K: tl.constexpr, ACT: tl.constexpr,
                   BN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    n = pid // n_pt
-    p = (pid % n_pt) * BLOCK_P + tl.arange(0, BLOCK_P)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    pmask = p < H * W
-    ih, iw = p // W, p % W
+    pid, n, p, ih, iw, cols, cmask, pmask, sc, sh = _dw_tile(
+        scale_ptr, shift_ptr, C, H * W, W, n_pt, BLOCK_P, BLOCK_C)
     acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     for kh in range(K):  # a loop (not unrolled): k² unrolled taps spill at k = 5
         for kw in tl.static_range(K):
@@ -255,8 +267,6 @@ def _dw_dx_kernel(x_ptr, dz_ptr, w_ptr, mean_ptr, scale_ptr, shift_ptr, dx_ptr, 
     if BN:
         x = tl.load(x_ptr + xoff, mask=mask, other=0.0).to(tl.float32)
         mu = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
-        sc = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
-        sh = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
         _, g = _act_and_grad(x * sc[None, :] + sh[None, :], ACT)
         dv = tl.where(mask, acc * g, 0.0)
         tl.store(dx_ptr + xoff, (dv * sc[None, :]).to(dx_ptr.dtype.element_ty), mask=mask)
@@ -271,25 +281,15 @@ def _dw_dx_kernel(x_ptr, dz_ptr, w_ptr, mean_ptr, scale_ptr, shift_ptr, dx_ptr, 
 def _dw_dw_kernel(x_ptr, dz_ptr, scale_ptr, shift_ptr, part_ptr, H, W, C, OH, OW, n_pt, stride,
                   pt, pl, K: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    n = pid // n_pt
-    p = (pid % n_pt) * BLOCK_P + tl.arange(0, BLOCK_P)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    pmask = p < OH * OW
-    oh, ow = p // OW, p % OW
-    sc = tl.load(scale_ptr + cols, mask=cmask, other=0.0)
-    sh = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
+    pid, n, p, oh, ow, cols, cmask, pmask, sc, sh = _dw_tile(
+        scale_ptr, shift_ptr, C, OH * OW, OW, n_pt, BLOCK_P, BLOCK_C)
     zoff = (n.to(tl.int64) * OH * OW + p.to(tl.int64))[:, None] * C + cols[None, :]
     d = tl.load(dz_ptr + zoff, mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     base = part_ptr + pid.to(tl.int64) * K * K * C + cols
     for kh in range(K):  # a loop (not unrolled): k² unrolled taps spill at k = 5
         for kw in tl.static_range(K):
-            ih = oh * stride - pt + kh
-            iw = ow * stride - pl + kw
-            ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = _activated(x_ptr, n, ih, iw, cols, ok[:, None] & cmask[None, :], sc, sh, H, W,
-                           C, ACT, BN)
+            a = _tap(x_ptr, n, oh, ow, kh, kw, stride, pt, pl, pmask, cols, cmask, sc, sh, H, W,
+                     C, ACT, BN)
             tl.store(base + (kh * K + kw) * C, tl.sum(d * a, axis=0), mask=cmask)
 
 
