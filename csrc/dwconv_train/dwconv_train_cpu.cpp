@@ -38,7 +38,7 @@
 #include <vector>
 
 #include "../common/cpu_math.h"
-#include "../engine/engine_kernels.h"
+#include "../engine/engine_util.h"
 
 namespace effnet {
 namespace {
@@ -386,19 +386,17 @@ Prepared prepare(const char* op, const at::Tensor& x, const at::Tensor& weight,
   const int64_t Hp = H + padding[2] + padding[3], Wp = W + padding[0] + padding[1];
   TORCH_CHECK_VALUE(Hp >= k && Wp >= k, op, ": input ", H, "x", W, " with padding ", padding,
                     " is smaller than the ", k, "x", k, " kernel");
-  const bool bn = mean.has_value() && mean->defined();
-  const bool all = bn && scale.has_value() && scale->defined() && beta.has_value() &&
-                   beta->defined();
-  TORCH_CHECK_VALUE(all || !(bn || (scale.has_value() && scale->defined()) ||
-                             (beta.has_value() && beta->defined())),
-                    op, ": pass all of mean, scale and beta (the input's BN) or none");
+  auto given = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  const bool bn = given(mean);
+  TORCH_CHECK_VALUE(bn == given(scale) && bn == given(beta), op,
+                    ": pass all of mean, scale and beta (the input's BN) or none");
   Prepared p;
   p.g = {x.size(0), H, W, C, (Hp - k) / stride + 1, (Wp - k) / stride + 1, Wp,
          static_cast<int>(k), static_cast<int>(stride), static_cast<int>(padding[0]),
          static_cast<int>(padding[2])};
   p.bn = bn;
-  p.act = bn ? parse_act(act) : Act::Identity;
-  if (!bn) parse_act(act);  // still a clear error for an unknown name
+  const Act a = parse_act(act);  // an unknown name is an error with or without BN
+  p.act = bn ? a : Act::Identity;
   const auto dt = x.scalar_type();
   p.wt = weight.reshape({C, k * k}).t().to(dt).contiguous();
   if (bn) {
@@ -428,30 +426,25 @@ int64_t bands_per_image(int64_t N, int64_t rows) {
 
 // The engine's depthwise row kernel (engine_kernels.h) for a float32 conv: its AVX-512 build
 // where the ISA switch is at avx512 and the CPU runs it, else its AVX2 build; `ok` false at the
-// baseline level (then the portable loops above run). Weights [k·k][round16(C)] from wt
-// ([k·k][C]), rotated 180° with `flip` (the stride-1 backward's da = conv(dz, flipped w)).
+// baseline level (then the portable loops above run). The taps of `weight` (C, 1, k, k), rotated
+// 180° with `flip` (the stride-1 backward's da = conv(dz, flipped w)), packed as the engine's.
 struct EngineRow {
   engine::DwArgs d;
-  std::vector<float> w, bias;
+  at::Tensor w, bias;
   bool ok = false;
 };
 
-void engine_row(EngineRow& e, const Geo& g, const at::Tensor& wt, bool flip, int64_t in_w,
+void engine_row(EngineRow& e, const Geo& g, const at::Tensor& weight, bool flip, int64_t in_w,
                 int64_t out_w, int stride, int pl) {
   const bool avx512 = cpu::active_isa() >= cpu::Isa::AVX512 && engine::kernels_supported(false);
   const bool avx2 = !avx512 && cpu::use_avx2() && engine::avx2::supported();
   if ((!avx512 && !avx2) || g.k > engine::kDwMaxK) return;
-  const int64_t C = g.C, Cp = engine::round16(C), kk = static_cast<int64_t>(g.k) * g.k;
-  e.w.assign(static_cast<size_t>(kk * Cp), 0.0f);
-  e.bias.assign(static_cast<size_t>(Cp), 0.0f);
-  const at::Tensor w32 = wt.to(at::kFloat).contiguous();
-  const float* src = w32.const_data_ptr<float>();
-  for (int64_t t = 0; t < kk; ++t)
-    std::copy(src + (flip ? kk - 1 - t : t) * C, src + (flip ? kk - 1 - t : t) * C + C,
-              e.w.data() + t * Cp);
+  e.w = engine::pack_dw_taps(flip ? weight.flip({2, 3}) : weight);
+  e.bias = at::zeros({engine::round16(g.C)}, at::kFloat);
   engine::DwArgs& d = e.d;
-  d.W = in_w, d.C = C, d.OW = out_w, d.k = g.k, d.s = stride, d.pl = pl;
-  d.w = e.w.data(), d.bias = e.bias.data(), d.act = engine::EAct::Identity, d.avx2 = avx2;
+  d.W = in_w, d.C = g.C, d.OW = out_w, d.k = g.k, d.s = stride, d.pl = pl;
+  d.w = e.w.data_ptr<float>(), d.bias = e.bias.data_ptr<float>();
+  d.act = engine::EAct::Identity, d.avx2 = avx2;
   e.ok = true;
 }
 
@@ -481,7 +474,7 @@ at::Tensor dwconv_train_cpu(const at::Tensor& x, const at::Tensor& weight,
   const int64_t per = bands_per_image(g.N, g.OH);
   const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::use_avx2();
   EngineRow er;
-  if (x.scalar_type() == at::kFloat) engine_row(er, g, p.wt, false, g.W, g.OW, g.s, g.pl);
+  if (x.scalar_type() == at::kFloat) engine_row(er, g, weight, false, g.W, g.OW, g.s, g.pl);
   const engine::DwArgs* eng = er.ok ? &er.d : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_train_cpu", [&] {
     using T = scalar_t;
@@ -530,7 +523,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_train_backward
   const bool avx2 = EFFNET_HAVE_AVX2_BUILD && cpu::use_avx2();
   EngineRow er;  // stride 1: da by the engine's row kernel (dz rows in, pl' = k - 1 - pl)
   if (x.scalar_type() == at::kFloat && g.s == 1)
-    engine_row(er, g, p.wt, true, g.OW, g.W, 1, g.k - 1 - g.pl);
+    engine_row(er, g, weight, true, g.OW, g.W, 1, g.k - 1 - g.pl);
   const engine::DwArgs* eng = er.ok ? &er.d : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dwconv_train_backward_cpu", [&] {
     using T = scalar_t;

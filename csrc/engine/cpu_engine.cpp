@@ -64,11 +64,8 @@ Depthwise make_dw(const at::Tensor& w, const at::Tensor& b, Geo geo, EAct act) {
   d.C = w.size(0);
   d.geo = geo;
   d.act = act;
-  const int64_t Cp = round16(d.C), kk = int64_t{geo.k} * geo.k;
-  d.w = at::zeros({kk, Cp}, at::kFloat);
-  d.w.narrow(1, 0, d.C).copy_(w.detach().to(at::kFloat).reshape({d.C, kk}).t());
-  d.bias = at::zeros({Cp}, at::kFloat);
-  d.bias.narrow(0, 0, d.C).copy_(b.detach().to(at::kFloat));
+  d.w = pack_dw_taps(w);
+  d.bias = pad16(b);
   return d;
 }
 

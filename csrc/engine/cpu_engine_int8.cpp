@@ -92,10 +92,8 @@ QLinear make_qlinear(const at::Tensor& w, const at::Tensor& scale, const at::Ten
     qamx_pack(reinterpret_cast<const int8_t*>(L.packed.data_ptr()), L.K, L.N,
               reinterpret_cast<int8_t*>(L.amx.data_ptr()));
   }
-  L.scale = at::zeros({Np}, at::kFloat);
-  L.scale.narrow(0, 0, L.N).copy_(scale.detach());
-  L.bias = at::zeros({Np}, at::kFloat);
-  L.bias.narrow(0, 0, L.N).copy_(bias.detach());
+  L.scale = pad16(scale);
+  L.bias = pad16(bias);
   return L;
 }
 
@@ -217,19 +215,15 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
                               w.size(3) == B.geo.k,
                           "CpuEngineInt8: block ", i, ": depthwise weight (C, 1, k, k) expected");
         B.C = w.size(0);
-        const int64_t Cp = round16(B.C), kk = int64_t{B.geo.k} * B.geo.k;
         if (B.dw_float) {
           B.dw_w = w.to(at::kFloat).contiguous();
           B.dw_bias = next_f(at::kFloat, "the float depthwise bias");
         } else {
           TORCH_CHECK_VALUE(w.scalar_type() == at::kChar, "CpuEngineInt8: block ", i,
                             ": int8 depthwise weight expected");
-          B.dw_w = at::zeros({kk, Cp}, at::kFloat);
-          B.dw_w.narrow(1, 0, B.C).copy_(w.reshape({B.C, kk}).t());
-          B.dw_scale = at::zeros({Cp}, at::kFloat);
-          B.dw_scale.narrow(0, 0, B.C).copy_(next_f(at::kFloat, "a depthwise scale"));
-          B.dw_bias = at::zeros({Cp}, at::kFloat);
-          B.dw_bias.narrow(0, 0, B.C).copy_(next_f(at::kFloat, "a depthwise bias"));
+          B.dw_w = pack_dw_taps(w);
+          B.dw_scale = pad16(next_f(at::kFloat, "a depthwise scale"));
+          B.dw_bias = pad16(next_f(at::kFloat, "a depthwise bias"));
         }
       }
       if (B.has_se) {
@@ -665,11 +659,8 @@ class CpuEngineInt8 : public torch::CustomClassHolder {
     for (QBlock& B : blocks_) {
       cmax_ = std::max(cmax_, round16(B.C));
       if (B.dw_float) {
-        const int64_t Cp = round16(B.C), kk = int64_t{B.geo.k} * B.geo.k;
-        B.fdw_w = at::zeros({kk, Cp}, at::kFloat);
-        B.fdw_w.narrow(1, 0, B.C).copy_(B.dw_w.reshape({B.C, kk}).t());
-        B.fdw_b = at::zeros({Cp}, at::kFloat);
-        B.fdw_b.narrow(0, 0, B.C).copy_(B.dw_bias);
+        B.fdw_w = pack_dw_taps(B.dw_w);
+        B.fdw_b = pad16(B.dw_bias);
       }
       if (B.has_se) {
         B.fc1 = make_linear(B.w1, B.b1, DT::F32, EAct::SiLU, "se fc1");

@@ -17,6 +17,24 @@
 
 namespace effnet::engine {
 
+// Depthwise taps (C, 1, k, k) (any float or int8 dtype) as the row kernels read them (DwArgs.w,
+// QDwArgs.w): float32 [k*k][round16(C)], zero-padded columns.
+inline at::Tensor pack_dw_taps(const at::Tensor& w) {
+  const int64_t C = w.size(0), kk = w.size(2) * w.size(3);
+  at::Tensor out = at::zeros({kk, round16(C)}, at::kFloat);
+  out.narrow(1, 0, C).copy_(w.detach().reshape({C, kk}).t());
+  return out;
+}
+
+// A per-channel vector (n,) as float32 round16(n), zero-padded (biases and scales the kernels
+// read in whole vectors of 16).
+inline at::Tensor pad16(const at::Tensor& v) {
+  at::Tensor out = at::zeros({round16(v.size(0))}, at::kFloat);
+  out.narrow(0, 0, v.size(0)).copy_(v.detach());
+  return out;
+}
+
+
 inline EAct act_from(int64_t code) {
   TORCH_CHECK_VALUE(code >= 0 && code <= 4, "CpuEngine: bad activation code ", code);
   return static_cast<EAct>(code);
